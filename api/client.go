@@ -1,0 +1,117 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// DefaultAddr is where the CLI looks for an agent when none is given.
+const DefaultAddr = "127.0.0.1:7700"
+
+// Client talks to one agent's HTTP API.
+type Client struct {
+	base  string
+	token string
+	http  *http.Client
+}
+
+// StatusError is a non-2xx answer from the API.
+type StatusError struct {
+	Code    int
+	Message string
+}
+
+func (e *StatusError) Error() string {
+	return fmt.Sprintf("%s (HTTP %d)", e.Message, e.Code)
+}
+
+// NewClient returns a client for addr ("host:port" or a URL). A custom
+// dialer may be given to reach agents in other network namespaces.
+func NewClient(addr, token string, dial func(ctx context.Context, network, addr string) (net.Conn, error)) *Client {
+	base := addr
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	tr := &http.Transport{MaxIdleConnsPerHost: 4, IdleConnTimeout: 30 * time.Second}
+	if dial != nil {
+		tr.DialContext = dial
+	}
+	return &Client{
+		base:  strings.TrimRight(base, "/"),
+		token: token,
+		http:  &http.Client{Transport: tr, Timeout: 30 * time.Second},
+	}
+}
+
+// Do sends a request with an optional JSON body and decodes a JSON answer
+// into out (when out is non-nil).
+func (c *Client) Do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		raw, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("encode request: %w", err)
+		}
+		body = bytes.NewReader(raw)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return fmt.Errorf("build request %s %s: %w", method, path, err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("%s %s: read answer: %w", method, path, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var e Error
+		if json.Unmarshal(raw, &e) != nil || e.Error == "" {
+			e.Error = strings.TrimSpace(string(raw))
+		}
+		return &StatusError{Code: resp.StatusCode, Message: e.Error}
+	}
+	if out != nil {
+		if err := json.Unmarshal(raw, out); err != nil {
+			return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
+		}
+	}
+	return nil
+}
+
+// Nodes lists the cluster members the agent knows.
+func (c *Client) Nodes(ctx context.Context) ([]Node, error) {
+	var nodes []Node
+	err := c.Do(ctx, http.MethodGet, "/v1/nodes", nil, &nodes)
+	return nodes, err
+}
+
+// Join asks the agent to join the given gossip addresses.
+func (c *Client) Join(ctx context.Context, addrs []string) (JoinResponse, error) {
+	var r JoinResponse
+	err := c.Do(ctx, http.MethodPost, "/v1/join", JoinRequest{Addrs: addrs}, &r)
+	return r, err
+}
+
+// Health calls GET /healthz.
+func (c *Client) Health(ctx context.Context) (Health, error) {
+	var h Health
+	err := c.Do(ctx, http.MethodGet, "/healthz", nil, &h)
+	return h, err
+}

@@ -1,0 +1,50 @@
+// Package api holds the JSON wire types of Shoal's HTTP API and a Go client
+// for it, used by the CLI and the tests. It must not import node.
+package api
+
+// Node is one cluster member as GET /v1/nodes reports it.
+type Node struct {
+	Name     string            `json:"name"`
+	Addr     string            `json:"addr"`
+	Status   string            `json:"status"`
+	Tags     map[string]string `json:"tags"`
+	Labels   map[string]string `json:"labels,omitempty"`
+	Capacity Capacity          `json:"capacity"`
+	Load     Load              `json:"load"`
+	Health   string            `json:"health"`
+	PeerID   string            `json:"peer_id,omitempty"`
+}
+
+// Capacity is what a node offers to placement.
+type Capacity struct {
+	CPUMillis int64 `json:"cpu_millis"`
+	MemoryMB  int64 `json:"memory_mb"`
+}
+
+// Load is a node's current usage.
+type Load struct {
+	CPUPercent   float64 `json:"cpu_percent"`
+	MemoryUsedMB int64   `json:"memory_used_mb"`
+	Replicas     int     `json:"replicas"`
+}
+
+// JoinRequest is the body of POST /v1/join.
+type JoinRequest struct {
+	Addrs []string `json:"addrs"`
+}
+
+// JoinResponse reports how many addresses answered.
+type JoinResponse struct {
+	Joined int `json:"joined"`
+}
+
+// Error is the body of every non-2xx response.
+type Error struct {
+	Error string `json:"error"`
+}
+
+// Health is the body of GET /healthz.
+type Health struct {
+	Status string `json:"status"`
+	Node   string `json:"node"`
+}

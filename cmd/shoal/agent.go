@@ -1,0 +1,152 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"sigs.k8s.io/yaml"
+
+	"github.com/shoalmesh/shoal/gossip"
+	"github.com/shoalmesh/shoal/node"
+)
+
+func newAgentCmd() *cobra.Command {
+	cfg := node.DefaultConfig()
+	var (
+		configFile string
+		gossipKey  string
+		labels     string
+		join       []string
+		logLevel   string
+	)
+	hostname, _ := os.Hostname()
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the Shoal agent on this machine",
+		Long: `Run the Shoal agent. Every machine runs the same agent; join them by address.
+
+Outside --dev, a gossip key and an API token are required: generate them once
+with 'shoal keygen' and give the same values to every agent.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if configFile != "" {
+				if err := applyConfigFile(cmd.Flags(), configFile); err != nil {
+					return err
+				}
+			}
+			if gossipKey != "" {
+				key, err := gossip.ParseKey(gossipKey)
+				if err != nil {
+					return err
+				}
+				cfg.Gossip.GossipKey = key
+			}
+			l, err := gossip.ParseLabels(labels)
+			if err != nil {
+				return fmt.Errorf("--labels: %w", err)
+			}
+			cfg.Labels = l
+			for _, j := range join {
+				for _, a := range strings.Split(j, ",") {
+					if a = strings.TrimSpace(a); a != "" {
+						cfg.Join = append(cfg.Join, a)
+					}
+				}
+			}
+			if cfg.Gossip.DataDir == "" {
+				cfg.Gossip.DataDir = "/var/lib/shoal/" + cfg.Gossip.NodeName
+			}
+			var level slog.Level
+			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+				return fmt.Errorf("--log-level %q: want debug, info, warn or error", logLevel)
+			}
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+			agent, err := node.New(cfg, log)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return agent.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&configFile, "config", "", "YAML or JSON file whose keys mirror these flags (flags win)")
+	f.StringVar(&cfg.Gossip.NodeName, "name", hostname, "unique node name")
+	f.StringVar(&cfg.Gossip.BindAddr, "bind", "127.0.0.1", "IP for gossip and p2p traffic, reachable by peers")
+	f.IntVar(&cfg.Gossip.GossipPort, "gossip-port", cfg.Gossip.GossipPort, "gossip port (tcp+udp)")
+	f.IntVar(&cfg.Gossip.P2PPort, "p2p-port", cfg.Gossip.P2PPort, "libp2p port (tcp)")
+	f.StringSliceVar(&join, "join", nil, "peer gossip addresses ADDR[:PORT][,ADDR...], retried with backoff until one answers")
+	f.StringVar(&cfg.Gossip.DataDir, "data-dir", "", "state directory (default /var/lib/shoal/NAME)")
+	f.StringVar(&cfg.APIAddr, "api", cfg.APIAddr, "HTTP API listen address")
+	f.StringVar(&gossipKey, "gossip-key", os.Getenv("SHOAL_GOSSIP_KEY"), "base64 AES key (16/24/32 bytes) shared by all agents (env SHOAL_GOSSIP_KEY)")
+	f.StringVar(&cfg.APIToken, "api-token", os.Getenv("SHOAL_API_TOKEN"), "bearer token the API requires (env SHOAL_API_TOKEN)")
+	f.BoolVar(&cfg.Dev, "dev", false, "allow running without gossip key and API token (local testing only)")
+	f.StringVar(&cfg.Containerd, "containerd", cfg.Containerd, "containerd socket")
+	f.StringVar(&cfg.ContainerdNamespace, "containerd-namespace", cfg.ContainerdNamespace, "containerd namespace for this agent's containers")
+	f.StringVar(&labels, "labels", "", "node labels k=v[,k=v] for placement constraints")
+	f.Int64Var(&cfg.CPUMillis, "cpu-millis", 0, "override detected CPU capacity (millicores)")
+	f.Int64Var(&cfg.MemoryMB, "memory-mb", 0, "override detected memory capacity (MB)")
+	f.DurationVar(&cfg.Gossip.ProbeInterval, "probe-interval", cfg.Gossip.ProbeInterval, "failure detection: interval between probes")
+	f.DurationVar(&cfg.Gossip.ProbeTimeout, "probe-timeout", cfg.Gossip.ProbeTimeout, "failure detection: wait for a probe ack")
+	f.IntVar(&cfg.Gossip.SuspicionMult, "suspicion-mult", cfg.Gossip.SuspicionMult, "failure detection: suspicion timeout multiplier")
+	f.DurationVar(&cfg.Gossip.GossipInterval, "gossip-interval", cfg.Gossip.GossipInterval, "interval between gossip rounds")
+	f.DurationVar(&cfg.Gossip.PushPullInterval, "push-pull-interval", cfg.Gossip.PushPullInterval, "interval between full state exchanges")
+	f.DurationVar(&cfg.LoadInterval, "load-interval", cfg.LoadInterval, "interval between load updates in gossip")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+// applyConfigFile sets every flag the command line left unset from a YAML
+// or JSON file whose keys are flag names (dashes or underscores).
+func applyConfigFile(flags *pflag.FlagSet, path string) error {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read config file: %w", err)
+	}
+	var values map[string]any
+	if err := yaml.Unmarshal(raw, &values); err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	for key, v := range values {
+		name := strings.ReplaceAll(key, "_", "-")
+		fl := flags.Lookup(name)
+		if fl == nil || name == "config" {
+			return fmt.Errorf("config file %s: unknown key %q", path, key)
+		}
+		if fl.Changed {
+			continue
+		}
+		var s string
+		switch v := v.(type) {
+		case []any:
+			parts := make([]string, len(v))
+			for i, p := range v {
+				parts[i] = fmt.Sprint(p)
+			}
+			s = strings.Join(parts, ",")
+		case map[string]any:
+			parts := make([]string, 0, len(v))
+			for k, p := range v {
+				parts = append(parts, fmt.Sprintf("%s=%v", k, p))
+			}
+			s = strings.Join(parts, ",")
+		case float64:
+			s = strings.TrimSuffix(fmt.Sprintf("%f", v), ".000000")
+		default:
+			s = fmt.Sprint(v)
+		}
+		if err := fl.Value.Set(s); err != nil {
+			return fmt.Errorf("config file %s: key %q: %w", path, key, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,92 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+func newNodesCmd(cf *clientFlags) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "nodes",
+		Short: "List cluster members as the agent sees them",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			defer cancel()
+			nodes, err := cf.client().Nodes(ctx)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(nodes)
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tADDR\tSTATUS\tHEALTH\tCPU\tMEMORY\tLOAD\tREPLICAS\tLABELS")
+			for _, n := range nodes {
+				labels := make([]string, 0, len(n.Labels))
+				for k, v := range n.Labels {
+					labels = append(labels, k+"="+v)
+				}
+				sort.Strings(labels)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%dm\t%dMB\t%.0f%% cpu, %dMB\t%d\t%s\n",
+					n.Name, n.Addr, n.Status, n.Health, n.Capacity.CPUMillis, n.Capacity.MemoryMB,
+					n.Load.CPUPercent, n.Load.MemoryUsedMB, n.Load.Replicas, strings.Join(labels, ","))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON instead of a table")
+	return cmd
+}
+
+func newJoinCmd(cf *clientFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "join ADDR [ADDR...]",
+		Short: "Ask the agent to join other agents by gossip address",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			defer cancel()
+			r, err := cf.client().Join(ctx, args)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("joined: %d address(es) answered\n", r.Joined)
+			return nil
+		},
+	}
+}
+
+func newKeygenCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "keygen",
+		Short: "Print a new gossip key and API token as shell exports",
+		Args:  cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			key := make([]byte, 32)
+			tok := make([]byte, 24)
+			if _, err := rand.Read(key); err != nil {
+				return err
+			}
+			if _, err := rand.Read(tok); err != nil {
+				return err
+			}
+			fmt.Printf("export SHOAL_GOSSIP_KEY=%s\n", base64.StdEncoding.EncodeToString(key))
+			fmt.Printf("export SHOAL_API_TOKEN=%s\n", base64.RawURLEncoding.EncodeToString(tok))
+			return nil
+		},
+	}
+}

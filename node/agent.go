@@ -1,0 +1,193 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/shoalmesh/shoal/gossip"
+)
+
+// Agent is one Shoal node.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	cluster *gossip.Cluster
+	host    *gossip.Host
+	metrics *metrics
+	ln      net.Listener
+	server  *http.Server
+}
+
+// New validates cfg, starts the p2p host, membership and the API listener.
+// Nothing is joined until Run.
+func New(cfg Config, log *slog.Logger) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.Gossip.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data dir %s: %w", cfg.Gossip.DataDir, err)
+	}
+	a := &Agent{cfg: cfg, log: log}
+
+	cpu, mem, err := machineCapacity()
+	if err != nil {
+		return nil, err
+	}
+	if cfg.CPUMillis > 0 {
+		cpu = cfg.CPUMillis
+	}
+	if cfg.MemoryMB > 0 {
+		mem = cfg.MemoryMB
+	}
+
+	a.host, err = gossip.NewHost(cfg.Gossip, log.With("component", "p2p"))
+	if err != nil {
+		return nil, err
+	}
+	meta := gossip.Meta{
+		PeerID:   a.host.ID(),
+		P2PPort:  cfg.Gossip.P2PPort,
+		Capacity: gossip.Capacity{CPUMillis: cpu, MemoryMB: mem},
+		Health:   gossip.HealthOK,
+		Labels:   cfg.Labels,
+	}
+	a.cluster, err = gossip.NewCluster(cfg.Gossip, meta, log)
+	if err != nil {
+		a.host.Close()
+		return nil, err
+	}
+	a.metrics = newMetrics(a.cluster)
+
+	a.ln, err = net.Listen("tcp", cfg.APIAddr)
+	if err != nil {
+		a.cluster.Shutdown()
+		a.host.Close()
+		return nil, fmt.Errorf("listen for API on %s: %w", cfg.APIAddr, err)
+	}
+	a.server = &http.Server{
+		Handler:           a.routes(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	log.Info("agent started", "node", cfg.Gossip.NodeName, "gossip", net.JoinHostPort(cfg.Gossip.BindAddr, fmt.Sprint(cfg.Gossip.GossipPort)),
+		"p2p_peer", a.host.ID(), "api", a.ln.Addr().String(), "dev", cfg.Dev, "encrypted", cfg.Gossip.GossipKey != nil)
+	return a, nil
+}
+
+// APIAddr is the address the API listens on.
+func (a *Agent) APIAddr() string { return a.ln.Addr().String() }
+
+// Run serves until ctx is cancelled, then leaves the cluster gracefully and
+// shuts down in reverse start order: API, membership, p2p host.
+func (a *Agent) Run(ctx context.Context) error {
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- a.server.Serve(a.ln) }()
+
+	loopCtx, stopLoops := context.WithCancel(ctx)
+	defer stopLoops()
+	loopsDone := make(chan struct{}, 2)
+	go func() { a.joinLoop(loopCtx); loopsDone <- struct{}{} }()
+	go func() { a.loadLoop(loopCtx); loopsDone <- struct{}{} }()
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case err := <-serveErr:
+		if !errors.Is(err, http.ErrServerClosed) {
+			runErr = fmt.Errorf("serve API: %w", err)
+		}
+	}
+	stopLoops()
+	<-loopsDone
+	<-loopsDone
+
+	a.log.Info("leaving cluster")
+	leaveDone := make(chan error, 1)
+	go func() { leaveDone <- a.cluster.Leave() }()
+	select {
+	case err := <-leaveDone:
+		if err != nil {
+			a.log.Warn("graceful leave", "err", err)
+		}
+	case <-time.After(a.cfg.LeaveTimeout):
+		a.log.Warn("graceful leave timed out", "timeout", a.cfg.LeaveTimeout)
+	}
+
+	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := a.server.Shutdown(shutCtx); err != nil {
+		a.log.Warn("shut down API", "err", err)
+	}
+	if err := a.cluster.Shutdown(); err != nil {
+		a.log.Warn("shut down membership", "err", err)
+	}
+	if err := a.host.Close(); err != nil {
+		a.log.Warn("shut down p2p host", "err", err)
+	}
+	a.log.Info("agent stopped")
+	return runErr
+}
+
+// joinLoop joins the configured seeds, retrying with exponential backoff
+// until one answers or ctx ends.
+func (a *Agent) joinLoop(ctx context.Context) {
+	if len(a.cfg.Join) == 0 {
+		return
+	}
+	backoff := 500 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		jctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		n, err := a.cluster.Join(jctx, a.cfg.Join)
+		cancel()
+		if err == nil {
+			a.log.Info("joined cluster", "seeds", a.cfg.Join, "answered", n, "attempt", attempt)
+			return
+		}
+		a.log.Warn("join failed; retrying", "seeds", a.cfg.Join, "attempt", attempt, "retry_in", backoff, "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, a.cfg.JoinMaxBackoff)
+	}
+}
+
+// loadLoop refreshes the load tags. It is the only writer of them.
+func (a *Agent) loadLoop(ctx context.Context) {
+	var cpu cpuSampler
+	_, _ = cpu.sample()
+	t := time.NewTicker(a.cfg.LoadInterval)
+	defer t.Stop()
+	for first := true; ; first = false {
+		if !first {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+		pct, err := cpu.sample()
+		if err != nil {
+			a.log.Warn("sample cpu", "err", err)
+			continue
+		}
+		used, err := memoryUsedMB()
+		if err != nil {
+			a.log.Warn("sample memory", "err", err)
+			continue
+		}
+		if err := a.cluster.UpdateMeta(func(m *gossip.Meta) {
+			m.Load.CPUPercent = pct
+			m.Load.MemoryUsedMB = used
+		}); err != nil {
+			a.log.Warn("publish load", "err", err)
+		}
+	}
+}

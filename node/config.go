@@ -1,0 +1,89 @@
+// Package node composes a Shoal agent: membership, the p2p host, the HTTP
+// API and, as they land, state, placement and the reconcile loop. It owns
+// start-up and shutdown order.
+package node
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/shoalmesh/shoal/gossip"
+)
+
+// DefaultAPIAddr is loopback so that a fresh agent exposes nothing.
+const DefaultAPIAddr = "127.0.0.1:7700"
+
+// Config configures an agent. Build one with DefaultConfig.
+type Config struct {
+	Gossip gossip.Config
+	// APIAddr is host:port for the HTTP API.
+	APIAddr string
+	// APIToken is the bearer token every call but /healthz must carry.
+	APIToken string
+	// Dev allows running without a gossip key and API token.
+	Dev bool
+	// Labels are published in gossip for placement constraints.
+	Labels map[string]string
+	// CPUMillis and MemoryMB override the detected capacity when > 0.
+	CPUMillis int64
+	MemoryMB  int64
+	// Join lists gossip addresses to join at start; tried with backoff
+	// until one answers.
+	Join []string
+	// JoinMaxBackoff caps the delay between join attempts.
+	JoinMaxBackoff time.Duration
+	// Containerd is the containerd socket; ContainerdNamespace isolates this
+	// agent's containers (several agents may share a daemon).
+	Containerd          string
+	ContainerdNamespace string
+	// LoadInterval is how often load tags are refreshed.
+	LoadInterval time.Duration
+	// LeaveTimeout bounds the graceful leave broadcast on shutdown.
+	LeaveTimeout time.Duration
+}
+
+// DefaultConfig returns an agent configuration with Shoal's defaults.
+func DefaultConfig() Config {
+	return Config{
+		Gossip:              gossip.DefaultConfig(),
+		APIAddr:             DefaultAPIAddr,
+		JoinMaxBackoff:      30 * time.Second,
+		Containerd:          "/run/containerd/containerd.sock",
+		ContainerdNamespace: "shoal",
+		LoadInterval:        3 * time.Second,
+		LeaveTimeout:        5 * time.Second,
+	}
+}
+
+// ErrInsecure is returned when secrets are missing outside dev mode.
+var ErrInsecure = errors.New("refusing to start without --gossip-key and --api-token (generate them with `shoal keygen`, or pass --dev for a local, unauthenticated cluster)")
+
+// Validate reports the first problem with c.
+func (c Config) Validate() error {
+	if !c.Dev && (c.Gossip.GossipKey == nil || c.APIToken == "") {
+		return ErrInsecure
+	}
+	if err := c.Gossip.Validate(); err != nil {
+		return err
+	}
+	if _, _, err := net.SplitHostPort(c.APIAddr); err != nil {
+		return fmt.Errorf("api address %q: want host:port: %w", c.APIAddr, err)
+	}
+	if c.CPUMillis < 0 || c.MemoryMB < 0 {
+		return errors.New("capacity overrides: must be >= 0")
+	}
+	for _, a := range c.Join {
+		if _, err := gossip.NormalizeAddr(a, gossip.DefaultGossipPort); err != nil {
+			return fmt.Errorf("join: %w", err)
+		}
+	}
+	if c.LoadInterval <= 0 {
+		return errors.New("load interval: must be > 0")
+	}
+	if c.ContainerdNamespace == "" {
+		return errors.New("containerd namespace: must not be empty")
+	}
+	return nil
+}

@@ -1,0 +1,148 @@
+package node
+
+import (
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	gometrics "github.com/armon/go-metrics"
+	gometricsprom "github.com/armon/go-metrics/prometheus"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/shoalmesh/shoal/gossip"
+)
+
+// metrics is one agent's Prometheus registry.
+type metrics struct {
+	reg         *prometheus.Registry
+	apiRequests *prometheus.CounterVec
+	apiLatency  *prometheus.HistogramVec
+}
+
+var (
+	// serf and memberlist report through the process-global go-metrics
+	// sink; one bridge per process exports them (memberlist_udp_sent, ...).
+	libSinkOnce sync.Once
+	libSink     *gometricsprom.PrometheusSink
+)
+
+func libraryMetrics() *gometricsprom.PrometheusSink {
+	libSinkOnce.Do(func() {
+		sink, err := gometricsprom.NewPrometheusSinkFrom(gometricsprom.PrometheusOpts{
+			Expiration: 0,
+			Registerer: prometheus.NewRegistry(), // registered per agent below
+		})
+		if err != nil {
+			return
+		}
+		cfg := gometrics.DefaultConfig("shoal")
+		cfg.EnableHostname = false
+		cfg.EnableHostnameLabel = false
+		cfg.EnableServiceLabel = false
+		cfg.EnableRuntimeMetrics = false
+		if _, err := gometrics.NewGlobal(cfg, sink); err != nil {
+			return
+		}
+		libSink = sink
+	})
+	return libSink
+}
+
+func newMetrics(c *gossip.Cluster) *metrics {
+	m := &metrics{reg: prometheus.NewRegistry()}
+	m.apiRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "shoal_api_requests_total",
+		Help: "HTTP API requests by method, route and status code.",
+	}, []string{"method", "route", "code"})
+	m.apiLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "shoal_api_request_duration_seconds",
+		Help:    "HTTP API request latency by route.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 4, 8),
+	}, []string{"route"})
+	m.reg.MustRegister(m.apiRequests, m.apiLatency,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		&clusterCollector{c: c})
+	if sink := libraryMetrics(); sink != nil {
+		m.reg.MustRegister(sink)
+	}
+	return m
+}
+
+func (m *metrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// instrument counts every request. Routes are reduced to their first two
+// path segments so ids never explode label cardinality.
+func (m *metrics) instrument(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		next.ServeHTTP(rec, r)
+		route := routeLabel(r.URL.Path)
+		m.apiRequests.WithLabelValues(r.Method, route, strconv.Itoa(rec.code)).Inc()
+		m.apiLatency.WithLabelValues(route).Observe(time.Since(start).Seconds())
+	})
+}
+
+func routeLabel(path string) string {
+	switch {
+	case path == "/healthz", path == "/metrics":
+		return path
+	case len(path) > 4 && path[:4] == "/v1/":
+		rest := path[4:]
+		for i := 0; i < len(rest); i++ {
+			if rest[i] == '/' {
+				return "/v1/" + rest[:i] + "/*"
+			}
+		}
+		return path
+	default:
+		return "other"
+	}
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	s.code = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Flush() {
+	if f, ok := s.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// clusterCollector reads membership at scrape time.
+type clusterCollector struct{ c *gossip.Cluster }
+
+var (
+	membersDesc = prometheus.NewDesc("shoal_members", "Cluster members by status as this node sees them.", []string{"status"}, nil)
+	eventsDesc  = prometheus.NewDesc("shoal_gossip_events_total", "Serf events received by type.", []string{"type"}, nil)
+)
+
+func (cc *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- membersDesc
+	ch <- eventsDesc
+}
+
+func (cc *clusterCollector) Collect(ch chan<- prometheus.Metric) {
+	counts := map[string]int{gossip.StatusAlive: 0, gossip.StatusFailed: 0, gossip.StatusLeft: 0}
+	for _, m := range cc.c.Members() {
+		counts[m.Status]++
+	}
+	for status, n := range counts {
+		ch <- prometheus.MustNewConstMetric(membersDesc, prometheus.GaugeValue, float64(n), status)
+	}
+	for kind, n := range cc.c.Stats().Snapshot() {
+		ch <- prometheus.MustNewConstMetric(eventsDesc, prometheus.CounterValue, float64(n), kind)
+	}
+}
