@@ -178,6 +178,10 @@ func (a *Agent) loadLoop(ctx context.Context) {
 			a.log.Warn("sample cpu", "err", err)
 			continue
 		}
+		if first {
+			// Two samples a moment apart give a meaningless percentage.
+			pct = 0
+		}
 		used, err := memoryUsedMB()
 		if err != nil {
 			a.log.Warn("sample memory", "err", err)

@@ -1,0 +1,435 @@
+// Package e2e runs real shoal agents in network namespaces joined by a
+// bridge that lives in a namespace of its own. Tests need root and the ip
+// command; without root they are skipped.
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/shoalmesh/shoal/api"
+)
+
+// nsPrefix marks namespaces made by this package; the owning test process's
+// pid follows it so a later run can remove leftovers of a crashed one.
+const nsPrefix = "se2e"
+
+// Cluster is a set of agents, each in its own network namespace, joined by a
+// bridge in a hub namespace. Everything is removed when the test ends,
+// also when it fails.
+type Cluster struct {
+	t      *testing.T
+	id     string
+	hub    string
+	Key    string
+	Token  string
+	Binary string
+	Nodes  []*Node
+
+	mu       sync.Mutex
+	closeOne sync.Once
+}
+
+// Node is one agent process and its namespace.
+type Node struct {
+	c       *Cluster
+	Name    string
+	NS      string
+	IP      string
+	DataDir string
+	LogPath string
+	Args    []string
+	cmd     *exec.Cmd
+	exited  chan struct{}
+	exitErr error
+}
+
+// Binary returns the shoal binary under test: $SHOAL_BIN or one built once.
+var (
+	buildOnce sync.Once
+	builtBin  string
+	buildErr  error
+)
+
+func binary(t *testing.T) string {
+	t.Helper()
+	if b := os.Getenv("SHOAL_BIN"); b != "" {
+		abs, err := filepath.Abs(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return abs
+	}
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "shoal-e2e-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		builtBin = filepath.Join(dir, "shoal")
+		out, err := exec.Command("go", "build", "-o", builtBin, "../cmd/shoal").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("build shoal: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return builtBin
+}
+
+// RequireRoot skips the test unless it can create namespaces.
+func RequireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("e2e tests need root (network namespaces)")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("e2e tests need the ip command (iproute2)")
+	}
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func run(args ...string) error {
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// NewCluster creates the hub namespace and bridge. Nodes are added with
+// AddNode.
+func NewCluster(t *testing.T) *Cluster {
+	t.Helper()
+	RequireRoot(t)
+	key := make([]byte, 32)
+	_, _ = rand.Read(key)
+	c := &Cluster{
+		t:      t,
+		id:     fmt.Sprintf("%s%d-%s", nsPrefix, os.Getpid(), randomHex(3)),
+		Key:    base64.StdEncoding.EncodeToString(key),
+		Token:  randomHex(16),
+		Binary: binary(t),
+	}
+	c.hub = c.id + "-hub"
+	t.Cleanup(c.Close)
+	for _, cmd := range [][]string{
+		{"ip", "netns", "add", c.hub},
+		{"ip", "-n", c.hub, "link", "set", "lo", "up"},
+		{"ip", "-n", c.hub, "link", "add", "br0", "type", "bridge"},
+		{"ip", "-n", c.hub, "link", "set", "br0", "up"},
+	} {
+		if err := run(cmd...); err != nil {
+			t.Fatalf("create hub: %v", err)
+		}
+	}
+	return c
+}
+
+// NodeOption changes how a node's agent is started.
+type NodeOption func(*Node)
+
+// WithArgs appends agent flags (later flags win over the defaults).
+func WithArgs(args ...string) NodeOption {
+	return func(n *Node) { n.Args = append(n.Args, args...) }
+}
+
+// AddNode creates a namespace wired to the bridge and starts an agent in it.
+// Every node after the first joins the first.
+func (c *Cluster) AddNode(opts ...NodeOption) *Node {
+	c.t.Helper()
+	c.mu.Lock()
+	i := len(c.Nodes) + 1
+	n := &Node{
+		c:       c,
+		Name:    fmt.Sprintf("n%d", i),
+		NS:      fmt.Sprintf("%s-n%d", c.id, i),
+		IP:      fmt.Sprintf("10.99.0.%d", 10+i),
+		DataDir: filepath.Join(c.t.TempDir(), "data"),
+	}
+	c.Nodes = append(c.Nodes, n)
+	c.mu.Unlock()
+	n.LogPath = filepath.Join(filepath.Dir(n.DataDir), "agent.log")
+	hostVeth := fmt.Sprintf("h%d", i)
+	for _, cmd := range [][]string{
+		{"ip", "netns", "add", n.NS},
+		{"ip", "-n", n.NS, "link", "set", "lo", "up"},
+		{"ip", "-n", c.hub, "link", "add", hostVeth, "type", "veth", "peer", "name", "eth0", "netns", n.NS},
+		{"ip", "-n", c.hub, "link", "set", hostVeth, "master", "br0", "up"},
+		{"ip", "-n", n.NS, "addr", "add", n.IP + "/24", "dev", "eth0"},
+		{"ip", "-n", n.NS, "link", "set", "eth0", "up"},
+	} {
+		if err := run(cmd...); err != nil {
+			c.t.Fatalf("create node %s: %v", n.Name, err)
+		}
+	}
+	n.Args = []string{
+		"agent", "--name", n.Name, "--bind", n.IP, "--data-dir", n.DataDir,
+		"--api", "127.0.0.1:7700", "--gossip-key", c.Key, "--api-token", c.Token,
+		"--load-interval", "1s",
+	}
+	if i > 1 {
+		n.Args = append(n.Args, "--join", c.Nodes[0].IP)
+	}
+	for _, o := range opts {
+		o(n)
+	}
+	n.Start()
+	return n
+}
+
+// Start runs the agent (again) with n.Args.
+func (n *Node) Start() {
+	t := n.c.t
+	t.Helper()
+	logf, err := os.OpenFile(n.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("ip", append([]string{"netns", "exec", n.NS, n.c.Binary}, n.Args...)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Its own process group, so a test's Ctrl-C does not race the teardown.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		t.Fatalf("start agent %s: %v", n.Name, err)
+	}
+	n.cmd = cmd
+	n.exited = make(chan struct{})
+	go func() {
+		n.exitErr = cmd.Wait()
+		logf.Close()
+		close(n.exited)
+	}()
+	n.WaitAPI()
+}
+
+// WaitAPI waits until the agent answers /healthz.
+func (n *Node) WaitAPI() {
+	t := n.c.t
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, err := n.Client().Health(ctx)
+		cancel()
+		if err == nil {
+			return
+		}
+		select {
+		case <-n.exited:
+			t.Fatalf("agent %s exited: %v\n%s", n.Name, n.exitErr, n.Log())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent %s API never answered: %v\n%s", n.Name, err, n.Log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Kill sends SIGKILL and waits for the process to go.
+func (n *Node) Kill() { n.signal(syscall.SIGKILL) }
+
+// Terminate sends SIGTERM (graceful leave) and waits; it returns the exit
+// error (nil for a clean exit).
+func (n *Node) Terminate() error {
+	n.signal(syscall.SIGTERM)
+	return n.exitErr
+}
+
+func (n *Node) signal(sig syscall.Signal) {
+	if n.cmd == nil || n.cmd.Process == nil {
+		return
+	}
+	select {
+	case <-n.exited:
+		return
+	default:
+	}
+	_ = n.cmd.Process.Signal(sig)
+	select {
+	case <-n.exited:
+	case <-time.After(20 * time.Second):
+		_ = n.cmd.Process.Kill()
+		<-n.exited
+	}
+}
+
+// Running reports whether the agent process is alive.
+func (n *Node) Running() bool {
+	if n.exited == nil {
+		return false
+	}
+	select {
+	case <-n.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// Log returns the agent's log so far.
+func (n *Node) Log() string {
+	raw, _ := os.ReadFile(n.LogPath)
+	return string(raw)
+}
+
+// Client is an API client whose connections are made inside the node's
+// namespace.
+func (n *Node) Client() *api.Client {
+	return api.NewClient("127.0.0.1:7700", n.c.Token, DialInNamespace(n.NS))
+}
+
+// Exec runs a command inside the node's namespace and returns its combined
+// output.
+func (n *Node) Exec(args ...string) (string, error) {
+	out, err := exec.Command("ip", append([]string{"netns", "exec", n.NS}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+// Shoal runs the shoal CLI inside the node's namespace against its agent.
+func (n *Node) Shoal(args ...string) (string, error) {
+	cmd := exec.Command("ip", append([]string{"netns", "exec", n.NS, n.c.Binary}, args...)...)
+	cmd.Env = append(os.Environ(), "SHOAL_ADDR=127.0.0.1:7700", "SHOAL_TOKEN="+n.c.Token)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// DialInNamespace returns a dialer whose sockets are created in the named
+// network namespace. The dialling goroutine locks its thread, switches it
+// and never switches back: the runtime discards the thread when the
+// goroutine ends, so no other goroutine ever runs in that namespace.
+func DialInNamespace(name string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		type result struct {
+			conn net.Conn
+			err  error
+		}
+		ch := make(chan result, 1)
+		go func() {
+			runtime.LockOSThread()
+			ns, err := netns.GetFromName(name)
+			if err != nil {
+				ch <- result{nil, fmt.Errorf("open namespace %s: %w", name, err)}
+				return
+			}
+			defer ns.Close()
+			if err := netns.Set(ns); err != nil {
+				ch <- result{nil, fmt.Errorf("enter namespace %s: %w", name, err)}
+				return
+			}
+			var d net.Dialer
+			conn, err := d.DialContext(ctx, network, addr)
+			ch <- result{conn, err}
+		}()
+		r := <-ch
+		return r.conn, r.err
+	}
+}
+
+// Close stops every agent and removes the namespaces. It runs at test
+// cleanup on its own; calling it earlier is allowed.
+func (c *Cluster) Close() { c.closeOne.Do(c.teardown) }
+
+func (c *Cluster) teardown() {
+	for _, n := range c.Nodes {
+		n.Kill()
+	}
+	if c.t.Failed() {
+		for _, n := range c.Nodes {
+			c.t.Logf("---- log of %s ----\n%s", n.Name, tail(n.Log(), 60))
+		}
+	}
+	for _, n := range c.Nodes {
+		if err := run("ip", "netns", "del", n.NS); err != nil {
+			c.t.Errorf("teardown: %v", err)
+		}
+	}
+	if err := run("ip", "netns", "del", c.hub); err != nil {
+		c.t.Errorf("teardown: %v", err)
+	}
+}
+
+func tail(s string, lines int) string {
+	all := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(all) > lines {
+		all = all[len(all)-lines:]
+	}
+	return strings.Join(all, "\n")
+}
+
+// RemoveStaleNamespaces deletes namespaces left by e2e processes that no
+// longer exist (a crashed or killed test run).
+func RemoveStaleNamespaces() {
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		return
+	}
+	sc := bufio.NewScanner(strings.NewReader(string(out)))
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) == 0 || !strings.HasPrefix(fields[0], nsPrefix) {
+			continue
+		}
+		name := fields[0]
+		pidStr, _, _ := strings.Cut(strings.TrimPrefix(name, nsPrefix), "-")
+		pid, err := strconv.Atoi(pidStr)
+		if err != nil {
+			continue
+		}
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+			continue
+		}
+		if pids, err := exec.Command("ip", "netns", "pids", name).Output(); err == nil {
+			for _, p := range strings.Fields(string(pids)) {
+				if pid, err := strconv.Atoi(p); err == nil {
+					_ = syscall.Kill(pid, syscall.SIGKILL)
+				}
+			}
+		}
+		_ = run("ip", "netns", "del", name)
+	}
+}
+
+// Eventually polls cond until it holds or the timeout passes, and returns
+// how long it took.
+func Eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) time.Duration {
+	t.Helper()
+	start := time.Now()
+	last := ""
+	for {
+		ok, detail := cond()
+		if ok {
+			return time.Since(start)
+		}
+		last = detail
+		if time.Since(start) > timeout {
+			t.Fatalf("timed out after %s waiting for %s; last: %s", timeout, what, last)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
