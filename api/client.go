@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 )
@@ -68,6 +69,12 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	return c.send(req, out)
+}
+
+// send adds the token, sends req and decodes a JSON answer into out.
+func (c *Client) send(req *http.Request, out any) error {
+	method, path := req.Method, req.URL.Path
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
@@ -114,4 +121,48 @@ func (c *Client) Health(ctx context.Context) (Health, error) {
 	var h Health
 	err := c.Do(ctx, http.MethodGet, "/healthz", nil, &h)
 	return h, err
+}
+
+// PutJobSpec submits a raw job spec (JSON, or YAML with contentType
+// application/yaml) as POST /v1/jobs and returns the stored job.
+func (c *Client) PutJobSpec(ctx context.Context, spec []byte, contentType string) (JobStatus, error) {
+	var st JobStatus
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+"/v1/jobs", bytes.NewReader(spec))
+	if err != nil {
+		return st, fmt.Errorf("build request: %w", err)
+	}
+	if contentType == "" {
+		contentType = "application/json"
+	}
+	req.Header.Set("Content-Type", contentType)
+	err = c.send(req, &st)
+	return st, err
+}
+
+// PutJob submits a job.
+func (c *Client) PutJob(ctx context.Context, j Job) (JobStatus, error) {
+	var st JobStatus
+	err := c.Do(ctx, http.MethodPost, "/v1/jobs", j, &st)
+	return st, err
+}
+
+// Jobs lists every job.
+func (c *Client) Jobs(ctx context.Context) ([]JobStatus, error) {
+	var out []JobStatus
+	err := c.Do(ctx, http.MethodGet, "/v1/jobs", nil, &out)
+	return out, err
+}
+
+// Job returns one job.
+func (c *Client) Job(ctx context.Context, id string) (JobStatus, error) {
+	var st JobStatus
+	err := c.Do(ctx, http.MethodGet, "/v1/jobs/"+url.PathEscape(id), nil, &st)
+	return st, err
+}
+
+// DeleteJob deletes a job.
+func (c *Client) DeleteJob(ctx context.Context, id string) (DeleteResponse, error) {
+	var r DeleteResponse
+	err := c.Do(ctx, http.MethodDelete, "/v1/jobs/"+url.PathEscape(id), nil, &r)
+	return r, err
 }

@@ -48,3 +48,10 @@ type Health struct {
 	Status string `json:"status"`
 	Node   string `json:"node"`
 }
+
+// DeleteResponse answers DELETE /v1/jobs/{id}.
+type DeleteResponse struct {
+	ID      string `json:"id"`
+	Deleted bool   `json:"deleted"`
+	Version string `json:"version"`
+}

@@ -317,3 +317,6 @@ func flattenError(err error) string {
 	msg = strings.ReplaceAll(msg, "\n\t* ", "; ")
 	return strings.Trim(strings.TrimSpace(msg), "; ")
 }
+
+// Port is the gossip port this node listens on.
+func (c *Cluster) Port() int { return int(c.serf.Memberlist().LocalNode().Port) }

@@ -8,9 +8,12 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/shoalmesh/shoal/gossip"
+	"github.com/shoalmesh/shoal/state"
 )
 
 // Agent is one Shoal node.
@@ -20,8 +23,16 @@ type Agent struct {
 	cluster *gossip.Cluster
 	host    *gossip.Host
 	metrics *metrics
+	store   *state.Store
+	sync    *gossip.StateSync
 	ln      net.Listener
 	server  *http.Server
+
+	// jobsMu serialises API writes of jobs (compare-and-set).
+	jobsMu sync.Mutex
+	// jobsChanged is signalled (coalesced) when jobs change locally or
+	// from a peer.
+	jobsChanged chan struct{}
 }
 
 // New validates cfg, starts the p2p host, membership and the API listener.
@@ -33,7 +44,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if err := os.MkdirAll(cfg.Gossip.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir %s: %w", cfg.Gossip.DataDir, err)
 	}
-	a := &Agent{cfg: cfg, log: log}
+	a := &Agent{cfg: cfg, log: log, jobsChanged: make(chan struct{}, 1)}
 
 	cpu, mem, err := machineCapacity()
 	if err != nil {
@@ -46,8 +57,16 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		mem = cfg.MemoryMB
 	}
 
+	a.store, err = state.Open(filepath.Join(cfg.Gossip.DataDir, "state.db"), state.Options{
+		Node:            cfg.Gossip.NodeName,
+		TombstoneExpiry: cfg.TombstoneTTL,
+	})
+	if err != nil {
+		return nil, err
+	}
 	a.host, err = gossip.NewHost(cfg.Gossip, log.With("component", "p2p"))
 	if err != nil {
+		a.store.Close()
 		return nil, err
 	}
 	meta := gossip.Meta{
@@ -60,14 +79,17 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	a.cluster, err = gossip.NewCluster(cfg.Gossip, meta, log)
 	if err != nil {
 		a.host.Close()
+		a.store.Close()
 		return nil, err
 	}
-	a.metrics = newMetrics(a.cluster)
+	a.sync = gossip.NewStateSync(cfg.Sync, a.host, a.cluster, a.store, a.onPeerRecords, log.With("component", "state-sync"))
+	a.metrics = newMetrics(a.cluster, a.sync, a.store)
 
 	a.ln, err = net.Listen("tcp", cfg.APIAddr)
 	if err != nil {
 		a.cluster.Shutdown()
 		a.host.Close()
+		a.store.Close()
 		return nil, fmt.Errorf("listen for API on %s: %w", cfg.APIAddr, err)
 	}
 	a.server = &http.Server{
@@ -91,9 +113,12 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	loopCtx, stopLoops := context.WithCancel(ctx)
 	defer stopLoops()
-	loopsDone := make(chan struct{}, 2)
+	const loops = 4
+	loopsDone := make(chan struct{}, loops)
 	go func() { a.joinLoop(loopCtx); loopsDone <- struct{}{} }()
 	go func() { a.loadLoop(loopCtx); loopsDone <- struct{}{} }()
+	go func() { a.sync.Run(loopCtx); loopsDone <- struct{}{} }()
+	go func() { a.gcLoop(loopCtx.Done()); loopsDone <- struct{}{} }()
 
 	var runErr error
 	select {
@@ -104,8 +129,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	stopLoops()
-	<-loopsDone
-	<-loopsDone
+	for range loops {
+		<-loopsDone
+	}
 
 	a.log.Info("leaving cluster")
 	leaveDone := make(chan error, 1)
@@ -130,6 +156,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.host.Close(); err != nil {
 		a.log.Warn("shut down p2p host", "err", err)
 	}
+	if err := a.store.Close(); err != nil {
+		a.log.Warn("close state store", "err", err)
+	}
 	a.log.Info("agent stopped")
 	return runErr
 }
@@ -147,6 +176,12 @@ func (a *Agent) joinLoop(ctx context.Context) {
 		cancel()
 		if err == nil {
 			a.log.Info("joined cluster", "seeds", a.cfg.Join, "answered", n, "attempt", attempt)
+			// Catch up at once instead of waiting for the next round.
+			sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			if err := a.sync.SyncNow(sctx); err != nil {
+				a.log.Debug("initial anti-entropy", "err", err)
+			}
+			cancel()
 			return
 		}
 		a.log.Warn("join failed; retrying", "seeds", a.cfg.Join, "attempt", attempt, "retry_in", backoff, "err", err)
@@ -192,6 +227,16 @@ func (a *Agent) loadLoop(ctx context.Context) {
 			m.Load.MemoryUsedMB = used
 		}); err != nil {
 			a.log.Warn("publish load", "err", err)
+		}
+	}
+}
+
+// onPeerRecords is called by state sync with records a peer changed.
+func (a *Agent) onPeerRecords(recs []state.Record) {
+	for _, r := range recs {
+		if r.Kind == kindJob {
+			a.notifyJobs()
+			return
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/shoalmesh/shoal/gossip"
+	"github.com/shoalmesh/shoal/state"
 )
 
 // DefaultAPIAddr is loopback so that a fresh agent exposes nothing.
@@ -40,6 +41,11 @@ type Config struct {
 	ContainerdNamespace string
 	// LoadInterval is how often load tags are refreshed.
 	LoadInterval time.Duration
+	// Sync tunes state dissemination (push fanout, anti-entropy).
+	Sync gossip.SyncConfig
+	// TombstoneTTL is how long deletions are remembered. A node that is
+	// away longer than this may bring deleted jobs back when it returns.
+	TombstoneTTL time.Duration
 	// LeaveTimeout bounds the graceful leave broadcast on shutdown.
 	LeaveTimeout time.Duration
 }
@@ -54,6 +60,8 @@ func DefaultConfig() Config {
 		ContainerdNamespace: "shoal",
 		LoadInterval:        3 * time.Second,
 		LeaveTimeout:        5 * time.Second,
+		Sync:                gossip.DefaultSyncConfig(),
+		TombstoneTTL:        state.DefaultTombstoneExpiry,
 	}
 }
 
@@ -81,6 +89,12 @@ func (c Config) Validate() error {
 	}
 	if c.LoadInterval <= 0 {
 		return errors.New("load interval: must be > 0")
+	}
+	if c.TombstoneTTL <= 0 {
+		return errors.New("tombstone ttl: must be > 0")
+	}
+	if c.Sync.AntiEntropyInterval <= 0 || c.Sync.Timeout <= 0 || c.Sync.MinFanout < 1 {
+		return errors.New("state sync: anti-entropy interval, timeout and fanout must be > 0")
 	}
 	if c.ContainerdNamespace == "" {
 		return errors.New("containerd namespace: must not be empty")

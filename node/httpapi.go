@@ -53,6 +53,10 @@ func (a *Agent) routes() http.Handler {
 	r.handle("GET", "/metrics", a.metrics.handler().ServeHTTP)
 	r.handle("GET", "/v1/nodes", a.handleNodes)
 	r.handle("POST", "/v1/join", a.handleJoin)
+	r.handle("GET", "/v1/jobs", a.handleListJobs)
+	r.handle("POST", "/v1/jobs", a.handlePutJob)
+	r.handle("GET", "/v1/jobs/{id}", a.handleGetJob)
+	r.handle("DELETE", "/v1/jobs/{id}", a.handleDeleteJob)
 	return a.metrics.instrument(a.authenticate(r.mux))
 }
 
@@ -162,6 +166,7 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(v)
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/shoalmesh/shoal/gossip"
+	"github.com/shoalmesh/shoal/state"
 )
 
 // metrics is one agent's Prometheus registry.
@@ -51,7 +52,7 @@ func libraryMetrics() *gometricsprom.PrometheusSink {
 	return libSink
 }
 
-func newMetrics(c *gossip.Cluster) *metrics {
+func newMetrics(c *gossip.Cluster, s *gossip.StateSync, st *state.Store) *metrics {
 	m := &metrics{reg: prometheus.NewRegistry()}
 	m.apiRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "shoal_api_requests_total",
@@ -64,7 +65,7 @@ func newMetrics(c *gossip.Cluster) *metrics {
 	}, []string{"route"})
 	m.reg.MustRegister(m.apiRequests, m.apiLatency,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		&clusterCollector{c: c})
+		&clusterCollector{c: c}, &stateCollector{sync: s, store: st})
 	if sink := libraryMetrics(); sink != nil {
 		m.reg.MustRegister(sink)
 	}
@@ -145,4 +146,45 @@ func (cc *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 	for kind, n := range cc.c.Stats().Snapshot() {
 		ch <- prometheus.MustNewConstMetric(eventsDesc, prometheus.CounterValue, float64(n), kind)
 	}
+}
+
+// stateCollector reads state sync counters and store sizes at scrape time.
+type stateCollector struct {
+	sync  *gossip.StateSync
+	store *state.Store
+}
+
+var (
+	syncBytesDesc   = prometheus.NewDesc("shoal_state_sync_bytes_total", "Bytes of state sync traffic by direction.", []string{"direction"}, nil)
+	syncPushesDesc  = prometheus.NewDesc("shoal_state_pushes_total", "State push messages by direction.", []string{"direction"}, nil)
+	syncAppliedDesc = prometheus.NewDesc("shoal_state_records_applied_total", "Records from peers that changed the local store.", nil, nil)
+	syncRoundsDesc  = prometheus.NewDesc("shoal_state_antientropy_rounds_total", "Anti-entropy rounds this node started, by result.", []string{"result"}, nil)
+	syncRejectDesc  = prometheus.NewDesc("shoal_state_rejected_messages_total", "Malformed or oversized state messages from peers.", nil, nil)
+	storeRecsDesc   = prometheus.NewDesc("shoal_state_records", "Records in the local store.", []string{"kind"}, nil)
+)
+
+func (sc *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{syncBytesDesc, syncPushesDesc, syncAppliedDesc, syncRoundsDesc, syncRejectDesc, storeRecsDesc} {
+		ch <- d
+	}
+}
+
+func (sc *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	st := sc.sync.Stats()
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	counter(syncBytesDesc, st.BytesSent.Load(), "sent")
+	counter(syncBytesDesc, st.BytesReceived.Load(), "received")
+	counter(syncPushesDesc, st.PushesSent.Load(), "sent")
+	counter(syncPushesDesc, st.PushesReceived.Load(), "received")
+	counter(syncAppliedDesc, st.RecordsApplied.Load())
+	rounds, inSync, failed := st.SyncRounds.Load(), st.SyncInSync.Load(), st.SyncFail.Load()
+	counter(syncRoundsDesc, inSync, "in_sync")
+	counter(syncRoundsDesc, failed, "failed")
+	counter(syncRoundsDesc, rounds-min(rounds, inSync+failed), "repaired")
+	counter(syncRejectDesc, st.Rejected.Load())
+	stats := sc.store.Stats()
+	ch <- prometheus.MustNewConstMetric(storeRecsDesc, prometheus.GaugeValue, float64(stats.Live), "live")
+	ch <- prometheus.MustNewConstMetric(storeRecsDesc, prometheus.GaugeValue, float64(stats.Tombstones), "tombstone")
 }

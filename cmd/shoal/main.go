@@ -71,6 +71,10 @@ func newRootCmd() *cobra.Command {
 		newAgentCmd(),
 		newNodesCmd(cf),
 		newJoinCmd(cf),
+		newRunCmd(cf),
+		newPsCmd(cf),
+		newRmCmd(cf),
+		newInspectCmd(cf),
 		newKeygenCmd(),
 	)
 	return root

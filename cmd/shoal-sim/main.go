@@ -1,0 +1,127 @@
+// Command shoal-sim runs many Shoal nodes in one process on loopback and
+// reports state propagation time and traffic per node. See sim.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/shoalmesh/shoal/gossip"
+	"github.com/shoalmesh/shoal/sim"
+)
+
+func main() {
+	var (
+		nodes   = flag.Int("nodes", 100, "simulated nodes")
+		writes  = flag.Int("writes", 50, "sequential writes timed to reach every node")
+		rate    = flag.Float64("rate", 10, "writes per second during the load phase")
+		idle    = flag.Duration("idle", 10*time.Second, "measurement window at rest")
+		load    = flag.Duration("load", 10*time.Second, "measurement window under write load")
+		durable = flag.Bool("durable", false, "bbolt stores with fsync instead of memory")
+		ae      = flag.Duration("anti-entropy-interval", gossip.DefaultSyncConfig().AntiEntropyInterval, "anti-entropy interval")
+	)
+	flag.Parse()
+	if err := run(*nodes, *writes, *rate, *idle, *load, *durable, *ae); err != nil {
+		fmt.Fprintf(os.Stderr, "shoal-sim: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(nodes, writes int, rate float64, idle, load time.Duration, durable bool, ae time.Duration) error {
+	if nodes < 2 || writes < 1 || rate <= 0 {
+		return fmt.Errorf("need --nodes >= 2, --writes >= 1, --rate > 0")
+	}
+	ctx := context.Background()
+	cfg := sim.Config{Nodes: nodes, Gossip: gossip.DefaultConfig(), Sync: gossip.DefaultSyncConfig(), Durable: durable}
+	if os.Getenv("SHOAL_SIM_DEBUG") != "" {
+		cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	cfg.Sync.AntiEntropyInterval = ae
+	// Every node's data dir gets a real p2p identity; the key enables
+	// gossip encryption and the libp2p private network as in production.
+	cfg.Gossip.GossipKey = []byte("shoal-sim-key-16")
+	cfg.Gossip.DataDir = "unused"
+
+	start := time.Now()
+	s, err := sim.Start(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	conv, err := s.WaitConverged(cctx)
+	cancel()
+	if err != nil {
+		return err
+	}
+	fmt.Printf("nodes=%d started+joined in %s, membership converged %s later\n", nodes, time.Since(start).Round(time.Millisecond)-conv.Round(time.Millisecond), conv.Round(time.Millisecond))
+	body := []byte(`{"id":"job","task":{"driver":"containerd","image":"docker.io/library/hello:v1","resources":{"cpu_millis":100,"memory_mb":64}},"pad":"` + strings.Repeat("x", 300) + `"}`)
+
+	// Let join traffic and the first anti-entropy rounds settle.
+	time.Sleep(5 * time.Second)
+	t0 := s.Traffic()
+	time.Sleep(idle)
+	t1 := s.Traffic()
+	perNode := func(a, b sim.Traffic, d time.Duration) (float64, float64) {
+		sec := d.Seconds() * float64(nodes)
+		return float64(b.StateSync-a.StateSync) / sec, float64(b.Gossip-a.Gossip) / sec
+	}
+	ss, gg := perNode(t0, t1, idle)
+	fmt.Printf("at rest: state sync %.0f B/node/s (anti-entropy, in sync), gossip %.0f B/node/s\n", ss, gg)
+
+	var lat []time.Duration
+	for i := 0; i < writes; i++ {
+		from := rand.IntN(nodes)
+		begin := time.Now()
+		rec, err := s.Write(from, fmt.Sprintf("job-%d", i), body)
+		if err != nil {
+			return err
+		}
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		d, err := s.WaitEverywhere(wctx, rec, begin)
+		cancel()
+		if err != nil {
+			return err
+		}
+		lat = append(lat, d)
+		if d > time.Second {
+			fmt.Printf("slow write %d from node %d: %s\n", i, from, d)
+		}
+	}
+	fmt.Printf("propagation to all %d nodes over %d writes: p50 %s p99 %s max %s\n", nodes, writes,
+		sim.Percentile(lat, 50).Round(time.Microsecond*100), sim.Percentile(lat, 99).Round(time.Microsecond*100), sim.Percentile(lat, 100).Round(time.Microsecond*100))
+
+	t2 := s.Traffic()
+	interval := time.Duration(float64(time.Second) / rate)
+	tick := time.NewTicker(interval)
+	end := time.Now().Add(load)
+	n := 0
+	for time.Now().Before(end) {
+		<-tick.C
+		if _, err := s.Write(rand.IntN(nodes), fmt.Sprintf("load-%d", n%100), body); err != nil {
+			return err
+		}
+		n++
+	}
+	tick.Stop()
+	t3 := s.Traffic()
+	var rounds, insync, fail, pushes, pushFail uint64
+	for _, n := range s.Nodes {
+		st := n.Sync.Stats()
+		rounds += st.SyncRounds.Load()
+		insync += st.SyncInSync.Load()
+		fail += st.SyncFail.Load()
+		pushes += st.PushesSent.Load()
+		pushFail += st.PushFailures.Load()
+	}
+	fmt.Printf("totals: anti-entropy rounds %d (in sync %d, failed %d), pushes %d (failed %d)\n", rounds, insync, fail, pushes, pushFail)
+	ss, gg = perNode(t2, t3, load)
+	fmt.Printf("under %.0f writes/s (%d B records): state sync %.0f B/node/s, gossip %.0f B/node/s\n", rate, len(body), ss, gg)
+	return nil
+}

@@ -1,0 +1,201 @@
+package node
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/shoalmesh/shoal/api"
+	"github.com/shoalmesh/shoal/state"
+)
+
+// Record kinds in the replicated store.
+const kindJob = "job"
+
+// maxJobBody bounds a job spec upload.
+const maxJobBody = 1 << 20
+
+// formatVersion renders a record version for the API. Clients treat it as
+// opaque and echo it back for compare-and-set.
+func formatVersion(v state.Version) string {
+	return fmt.Sprintf("%d-%d-%s", v.WallNanos, v.Logical, v.Node)
+}
+
+// jobFromRecord decodes a stored job.
+func jobFromRecord(r state.Record) (api.Job, error) {
+	var j api.Job
+	if err := json.Unmarshal(r.Body, &j); err != nil {
+		return j, fmt.Errorf("decode stored job %s: %w", r.ID, err)
+	}
+	j.Version = formatVersion(r.Version)
+	return j, nil
+}
+
+func (a *Agent) jobStatus(r state.Record) (api.JobStatus, error) {
+	j, err := jobFromRecord(r)
+	if err != nil {
+		return api.JobStatus{}, err
+	}
+	return api.JobStatus{Job: j, Allocations: []api.Allocation{}}, nil
+}
+
+func (a *Agent) handlePutJob(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxJobBody))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, http.StatusRequestEntityTooLarge, "job spec exceeds %d bytes", maxJobBody)
+			return
+		}
+		writeError(w, http.StatusBadRequest, "read job spec: %v", err)
+		return
+	}
+	job, err := api.ParseJob(body, r.Header.Get("Content-Type"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	job.ApplyDefaults()
+	if err := job.Validate(); err != nil {
+		writeError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	expected := job.Version
+	job.Version = ""
+	stored, err := json.Marshal(job)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "encode job: %v", err)
+		return
+	}
+
+	// Compare-and-set and the write happen under one lock so that two API
+	// calls on this node cannot both pass the same version check.
+	a.jobsMu.Lock()
+	cur, exists := a.store.Get(kindJob, job.ID)
+	if expected != "" {
+		if !exists {
+			a.jobsMu.Unlock()
+			writeError(w, http.StatusConflict, "version: job %q does not exist, so version %q cannot match", job.ID, expected)
+			return
+		}
+		if have := formatVersion(cur.Version); have != expected {
+			a.jobsMu.Unlock()
+			writeError(w, http.StatusConflict, "version: job %q is at version %q, not %q", job.ID, have, expected)
+			return
+		}
+	}
+	rec, err := a.store.Write(kindJob, job.ID, stored, false)
+	a.jobsMu.Unlock()
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "store job: %v", err)
+		return
+	}
+	// Durable here; now tell the peers.
+	a.sync.Publish([]state.Record{rec})
+	a.notifyJobs()
+	st, err := a.jobStatus(rec)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	code := http.StatusOK
+	if !exists {
+		code = http.StatusCreated
+	}
+	writeJSON(w, code, st)
+}
+
+func (a *Agent) handleListJobs(w http.ResponseWriter, _ *http.Request) {
+	recs := a.store.List(kindJob)
+	out := make([]api.JobStatus, 0, len(recs))
+	for _, rec := range recs {
+		st, err := a.jobStatus(rec)
+		if err != nil {
+			a.log.Warn("skip undecodable job", "err", err)
+			continue
+		}
+		out = append(out, st)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// pathJobID validates the {id} path segment, answering the client itself
+// when it is unusable.
+func pathJobID(w http.ResponseWriter, r *http.Request) (string, bool) {
+	id := r.PathValue("id")
+	if err := api.ValidateID(id); err != nil {
+		writeError(w, http.StatusBadRequest, "job id %q: %v", id, err)
+		return "", false
+	}
+	return id, true
+}
+
+func (a *Agent) handleGetJob(w http.ResponseWriter, r *http.Request) {
+	id, ok := pathJobID(w, r)
+	if !ok {
+		return
+	}
+	rec, found := a.store.Get(kindJob, id)
+	if !found {
+		writeError(w, http.StatusNotFound, "job %q not found", id)
+		return
+	}
+	st, err := a.jobStatus(rec)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+func (a *Agent) handleDeleteJob(w http.ResponseWriter, r *http.Request) {
+	id, ok := pathJobID(w, r)
+	if !ok {
+		return
+	}
+	a.jobsMu.Lock()
+	_, found := a.store.Get(kindJob, id)
+	if !found {
+		a.jobsMu.Unlock()
+		writeError(w, http.StatusNotFound, "job %q not found", id)
+		return
+	}
+	rec, err := a.store.Delete(kindJob, id)
+	a.jobsMu.Unlock()
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "delete job: %v", err)
+		return
+	}
+	a.sync.Publish([]state.Record{rec})
+	a.notifyJobs()
+	writeJSON(w, http.StatusOK, api.DeleteResponse{ID: id, Deleted: true, Version: formatVersion(rec.Version)})
+}
+
+// notifyJobs wakes whatever waits for job changes (placement, later).
+func (a *Agent) notifyJobs() {
+	select {
+	case a.jobsChanged <- struct{}{}:
+	default:
+	}
+}
+
+// gcLoop collects expired tombstones.
+func (a *Agent) gcLoop(stop <-chan struct{}) {
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case now := <-t.C:
+			if n, err := a.store.GC(now, a.cfg.TombstoneTTL); err != nil {
+				a.log.Warn("collect tombstones", "err", err)
+			} else if n > 0 {
+				a.log.Info("collected tombstones", "count", n)
+			}
+		}
+	}
+}
