@@ -5,13 +5,23 @@ BIN     := bin/shoal
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: build test unit e2e bench lint demo demo-down deps clean
+FUZZTIME ?= 4s
+
+.PHONY: build test unit e2e fuzz bench lint demo demo-down deps clean
 
 build: ## build bin/shoal
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/shoal
 
-test: build lint ## unit tests, then e2e tests in network namespaces (root)
+test: build lint ## unit tests, e2e tests in network namespaces (root), brief fuzzing
+	$(MAKE) --no-print-directory fuzz
 	SHOAL_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 15m ./...
+
+fuzz: ## run every fuzz target for FUZZTIME (decoders of peer messages, job parser)
+	@set -e; for t in api:FuzzParseJob api:FuzzValidateJob state:FuzzDecodeRecords state:FuzzDecodeDigest gossip:FuzzReadRecordFrames; do \
+		pkg=$${t%%:*}; fn=$${t#*:}; \
+		echo "fuzz $$fn ($$pkg, $(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./$$pkg >/tmp/shoal-fuzz.log 2>&1 || { cat /tmp/shoal-fuzz.log; exit 1; }; \
+	done
 
 unit: ## tests that need neither root nor namespaces
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v /e2e)

@@ -160,3 +160,45 @@ func TestJoinOverAPIAndMetrics(t *testing.T) {
 		}
 	}
 }
+
+func TestJobAPIAcceptsYAMLAndRejectsBadSpecs(t *testing.T) {
+	a := startAgent(t, "a", "tok")
+	yamlSpec := "id: web\nreplicas: 2\ntask:\n  driver: containerd\n  image: docker.io/library/hello:v1\n  resources: {cpu_millis: 100, memory_mb: 64}\n  ports: [{name: http, port: 8080}]\n"
+	req, _ := http.NewRequest("POST", "http://"+a.APIAddr()+"/v1/jobs", strings.NewReader(yamlSpec))
+	req.Header.Set("Authorization", "Bearer tok")
+	req.Header.Set("Content-Type", "application/yaml")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated || !strings.Contains(string(body), `"version"`) {
+		t.Fatalf("YAML create: %d %s", resp.StatusCode, body)
+	}
+	for _, tc := range []struct {
+		method, path, body string
+		code               int
+		want               string
+	}{
+		{"POST", "/v1/jobs", `{"id":"web","replicas":2,"task":{"driver":"containerd","image":"x","resources":{"cpu_millis":1,"memory_mb":1}},"bogus":1}`, 400, "bogus"},
+		{"POST", "/v1/jobs", `{"id":"Web_1","task":{"driver":"containerd","image":"x","resources":{"cpu_millis":1,"memory_mb":1}}}`, 400, "id"},
+		{"POST", "/v1/jobs", `{"id":"web","replicas":20000,"task":{"driver":"containerd","image":"x","resources":{"cpu_millis":1,"memory_mb":1}}}`, 400, "replicas"},
+		{"POST", "/v1/jobs", `{"id":"web","task":{"driver":"docker","image":"x","resources":{"cpu_millis":1,"memory_mb":1}}}`, 400, "task.driver"},
+		{"POST", "/v1/jobs", `{"id":"big","pad":"` + strings.Repeat("x", 2<<20) + `"}`, 413, "exceeds"},
+		{"GET", "/v1/jobs/nope", ``, 404, "not found"},
+		{"DELETE", "/v1/jobs/nope", ``, 404, "not found"},
+		{"GET", "/v1/jobs/Bad_ID", ``, 400, "job id"},
+		{"PUT", "/v1/jobs/web", ``, 405, "not allowed"},
+	} {
+		code, body := rawRequest(t, a, tc.method, tc.path, "tok", tc.body)
+		if code != tc.code || !strings.Contains(body, tc.want) {
+			t.Errorf("%s %s: got %d %.200s; want %d containing %q", tc.method, tc.path, code, body, tc.code, tc.want)
+		}
+	}
+	// The rejected writes left the stored job alone.
+	st, err := api.NewClient(a.APIAddr(), "tok", nil).Job(context.Background(), "web")
+	if err != nil || st.Replicas == nil || *st.Replicas != 2 {
+		t.Fatalf("stored job changed: %+v %v", st, err)
+	}
+}
