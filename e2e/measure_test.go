@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"sort"
@@ -57,4 +58,73 @@ func summary(ds []time.Duration) string {
 		parts[i] = d.Round(10 * time.Millisecond).String()
 	}
 	return fmt.Sprintf("min %s median %s max %s [%s]", s[0].Round(10*time.Millisecond), s[len(s)/2].Round(10*time.Millisecond), s[len(s)-1].Round(10*time.Millisecond), strings.Join(parts, " "))
+}
+
+// metricSum adds up every sample of the named metrics in n's /metrics.
+func metricSum(t *testing.T, n *Node, names ...string) float64 {
+	t.Helper()
+	var text strings.Builder
+	raw, err := n.Exec("curl", "-sf", "-H", "Authorization: Bearer "+n.c.Token, "http://127.0.0.1:7700/metrics")
+	if err != nil {
+		t.Fatalf("scrape %s: %v", n.Name, err)
+	}
+	text.WriteString(raw)
+	var sum float64
+	for _, line := range strings.Split(text.String(), "\n") {
+		for _, name := range names {
+			if strings.HasPrefix(line, name+" ") || strings.HasPrefix(line, name+"{") {
+				var v float64
+				fields := strings.Fields(line)
+				fmt.Sscan(fields[len(fields)-1], &v)
+				sum += v
+			}
+		}
+	}
+	return sum
+}
+
+// TestMeasureStateTraffic measures, on three real agents, job propagation
+// time and the bytes each node sends per second at rest and under writes.
+func TestMeasureStateTraffic(t *testing.T) {
+	if os.Getenv("SHOAL_MEASURE") == "" {
+		t.Skip("measurement; set SHOAL_MEASURE=1 to run")
+	}
+	c := startCluster(t, 3)
+	ctx := context.Background()
+	sent := func() (state, gossip float64) {
+		for _, n := range c.Nodes {
+			state += metricSum(t, n, `shoal_state_sync_bytes_total{direction="sent"}`)
+			gossip += metricSum(t, n, "shoal_memberlist_udp_sent", "shoal_memberlist_tcp_sent")
+		}
+		return
+	}
+	time.Sleep(5 * time.Second)
+	s0, g0 := sent()
+	const window = 20 * time.Second
+	time.Sleep(window)
+	s1, g1 := sent()
+	t.Logf("MEASURE 3 nodes at rest: state sync %.0f B/node/s, gossip %.0f B/node/s", (s1-s0)/3/window.Seconds(), (g1-g0)/3/window.Seconds())
+
+	var lat []time.Duration
+	for i := 0; i < 100; i++ {
+		st, err := c.Nodes[i%3].Client().PutJob(ctx, webJob(fmt.Sprintf("m-%d", i), 3))
+		if err != nil {
+			t.Fatal(err)
+		}
+		lat = append(lat, waitJobEverywhere(t, c.Nodes, st.Job.ID, st.Version, 10*time.Second))
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	t.Logf("MEASURE 3 nodes propagation over 100 writes: p50 %s p99 %s", lat[50].Round(100*time.Microsecond), lat[98].Round(100*time.Microsecond))
+
+	s2, g2 := sent()
+	start := time.Now()
+	for i := 0; time.Since(start) < window; i++ {
+		if _, err := c.Nodes[i%3].Client().PutJob(ctx, webJob(fmt.Sprintf("load-%d", i%50), 3)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	el := time.Since(start).Seconds()
+	s3, g3 := sent()
+	t.Logf("MEASURE 3 nodes under ~10 writes/s: state sync %.0f B/node/s, gossip %.0f B/node/s", (s3-s2)/3/el, (g3-g2)/3/el)
 }
