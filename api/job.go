@@ -348,6 +348,13 @@ type Allocation struct {
 	Healthy *bool `json:"healthy,omitempty"`
 	// Ports maps task port names to port numbers.
 	Ports map[string]int `json:"ports,omitempty"`
+	// ExitCode is set once the replica's task has exited.
+	ExitCode *int `json:"exit_code,omitempty"`
+	// Restarts counts restarts by the restart policy.
+	Restarts int `json:"restarts,omitempty"`
+	// Message explains a state: why a replica is unplaced, failed or
+	// waiting to restart.
+	Message string `json:"message,omitempty"`
 }
 
 // JobStatus is a job with its replicas, as GET /v1/jobs/{id} answers. The
@@ -364,6 +371,7 @@ type FieldError struct {
 	Msg   string
 }
 
+// Error reads "field: problem", the form the API sends back to users.
 func (e *FieldError) Error() string {
 	if e.Field == "" {
 		return e.Msg
@@ -396,7 +404,7 @@ func ParseJob(body []byte, contentType string) (Job, error) {
 	}
 
 	// First decode into a generic tree: it gives exact syntax errors,
-	// catches trailing data, and lets checkShape name the exact path
+	// catches trailing data, and lets shapeChecker name the exact path
 	// (with list indexes) of an unknown field or a mistyped value, which
 	// encoding/json's own errors do not.
 	dec := json.NewDecoder(bytes.NewReader(data))
@@ -859,6 +867,11 @@ func (j Job) Validate() error {
 // validate checks a job whose defaults are applied, in field order, so
 // the first problem reported is stable.
 func (j *Job) validate() *FieldError {
+	// The job is stored and gossiped as JSON, which would silently turn
+	// invalid UTF-8 (possible only from Go callers) into U+FFFD.
+	if at, bad := invalidUTF8(reflect.ValueOf(j).Elem(), ""); bad {
+		return fieldErr(at, "must be valid UTF-8")
+	}
 	if msg := dnsLabelProblem(j.ID); msg != "" {
 		return fieldErr("id", "%s", msg)
 	}
@@ -1010,6 +1023,43 @@ func (j *Job) validateTask() *FieldError {
 		}
 	}
 	return nil
+}
+
+// invalidUTF8 finds the first string in v, in field order, that is not
+// valid UTF-8, and returns its path.
+func invalidUTF8(v reflect.Value, at string) (string, bool) {
+	switch v.Kind() {
+	case reflect.String:
+		return at, !utf8.ValidString(v.String())
+	case reflect.Pointer:
+		if !v.IsNil() {
+			return invalidUTF8(v.Elem(), at)
+		}
+	case reflect.Struct:
+		for i := range v.NumField() {
+			if p, bad := invalidUTF8(v.Field(i), join(at, jsonName(v.Type().Field(i)))); bad {
+				return p, true
+			}
+		}
+	case reflect.Slice:
+		for i := range v.Len() {
+			if p, bad := invalidUTF8(v.Index(i), index(at, i)); bad {
+				return p, true
+			}
+		}
+	case reflect.Map:
+		keys := v.MapKeys()
+		slices.SortFunc(keys, func(a, b reflect.Value) int { return strings.Compare(a.String(), b.String()) })
+		for _, k := range keys {
+			if !utf8.ValidString(k.String()) {
+				return key(at, k.String()), true
+			}
+			if p, bad := invalidUTF8(v.MapIndex(k), key(at, k.String())); bad {
+				return p, true
+			}
+		}
+	}
+	return "", false
 }
 
 func validateArgv(at string, argv []string) *FieldError {

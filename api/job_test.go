@@ -95,6 +95,8 @@ func TestValidateRules(t *testing.T) {
 		{"env name empty", func(j *Job) { j.Task.Env = map[string]string{"": "v"} },
 			`task.env[""]: not a valid variable name: use letters, digits and '_', not starting with a digit`},
 		{"env underscore and lowercase fine", func(j *Job) { j.Task.Env = map[string]string{"_a1": "v"} }, ""},
+		{"env value valid UTF-8", func(j *Job) { j.Task.Env = map[string]string{"A": "ok", "B": "\xff"} }, `task.env["B"]: must be valid UTF-8`},
+		{"args valid UTF-8", func(j *Job) { j.Task.Args = []string{"ok", "\xc3"} }, "task.args[1]: must be valid UTF-8"},
 		{"env value without NUL", func(j *Job) { j.Task.Env = map[string]string{"A": "\x00"} }, `task.env["A"]: must not contain NUL bytes`},
 		{"env size", func(j *Job) { j.Task.Env = map[string]string{"A": strings.Repeat("v", 64<<10)} }, "task.env: takes 65539 bytes; the limit is 65536"},
 
@@ -718,14 +720,14 @@ func FuzzParseJob(f *testing.F) {
 // ParseJob as YAML, as a job shown by the CLI in YAML and sent back must.
 func yamlRoundTrip(t *testing.T, j Job) {
 	t.Helper()
+	if raw, _ := json.Marshal(j); strings.ContainsFunc(string(raw), yamlCannotRoundTrip) {
+		// A go-yaml v2 limitation, not ours: it refuses to write these
+		// characters, or writes them raw and then refuses to read them.
+		return
+	}
 	y, err := yaml.Marshal(j)
 	if err != nil {
 		t.Fatalf("marshal YAML: %v", err)
-	}
-	if strings.ContainsFunc(string(y), yamlCannotRoundTrip) {
-		// A go-yaml v2 limitation, not ours: its emitter writes these
-		// characters raw and its parser then refuses them.
-		return
 	}
 	fromYAML, err := ParseJob(y, "application/yaml")
 	if err != nil {

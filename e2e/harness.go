@@ -25,6 +25,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/shoalmesh/shoal/api"
+	shoalrt "github.com/shoalmesh/shoal/runtime"
 )
 
 // nsPrefix marks namespaces made by this package; the owning test process's
@@ -189,7 +190,7 @@ func (c *Cluster) AddNode(opts ...NodeOption) *Node {
 	n.Args = []string{
 		"agent", "--name", n.Name, "--bind", n.IP, "--data-dir", n.DataDir,
 		"--api", "127.0.0.1:7700", "--gossip-key", c.Key, "--api-token", c.Token,
-		"--load-interval", "1s",
+		"--load-interval", "1s", "--containerd-namespace", n.TaskNamespace(),
 	}
 	if i > 1 {
 		n.Args = append(n.Args, "--join", c.Nodes[0].IP)
@@ -201,6 +202,10 @@ func (c *Cluster) AddNode(opts ...NodeOption) *Node {
 	return n
 }
 
+// TaskNamespace is the runtime namespace of the node's agent: the prefix
+// of its tasks' network namespaces and cgroups.
+func (n *Node) TaskNamespace() string { return n.c.id + "-" + n.Name }
+
 // Start runs the agent (again) with n.Args.
 func (n *Node) Start() {
 	t := n.c.t
@@ -209,7 +214,9 @@ func (n *Node) Start() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("ip", append([]string{"netns", "exec", n.NS, n.c.Binary}, n.Args...)...)
+	// nsenter enters only the network namespace; "ip netns exec" would also
+	// remount /sys, hiding the cgroup mounts the agent's runtime needs.
+	cmd := exec.Command("nsenter", append([]string{"--net=/run/netns/" + n.NS, "--", n.c.Binary}, n.Args...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Its own process group, so a test's Ctrl-C does not race the teardown.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -365,6 +372,10 @@ func (c *Cluster) teardown() {
 		}
 	}
 	for _, n := range c.Nodes {
+		// Tasks outlive their agent by design (adoption); remove them.
+		if err := shoalrt.Cleanup(n.TaskNamespace()); err != nil {
+			c.t.Errorf("teardown tasks of %s: %v", n.Name, err)
+		}
 		if err := run("ip", "netns", "del", n.NS); err != nil {
 			c.t.Errorf("teardown: %v", err)
 		}
@@ -392,11 +403,16 @@ func RemoveStaleNamespaces() {
 	sc := bufio.NewScanner(strings.NewReader(string(out)))
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
-		if len(fields) == 0 || !strings.HasPrefix(fields[0], nsPrefix) {
+		if len(fields) == 0 {
 			continue
 		}
 		name := fields[0]
-		pidStr, _, _ := strings.Cut(strings.TrimPrefix(name, nsPrefix), "-")
+		// Task namespaces are "shoal-<runtime namespace>-<task>".
+		owner := strings.TrimPrefix(name, "shoal-")
+		if !strings.HasPrefix(owner, nsPrefix) {
+			continue
+		}
+		pidStr, _, _ := strings.Cut(strings.TrimPrefix(owner, nsPrefix), "-")
 		pid, err := strconv.Atoi(pidStr)
 		if err != nil {
 			continue
@@ -431,5 +447,14 @@ func Eventually(t *testing.T, timeout time.Duration, what string, cond func() (b
 			t.Fatalf("timed out after %s waiting for %s; last: %s", timeout, what, last)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// KillMachine simulates the node's machine dying: the agent gets SIGKILL
+// and every task it started dies with it.
+func (n *Node) KillMachine() {
+	n.Kill()
+	if err := shoalrt.Cleanup(n.TaskNamespace()); err != nil {
+		n.c.t.Errorf("kill tasks of %s: %v", n.Name, err)
 	}
 }

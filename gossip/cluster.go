@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/serf/serf"
@@ -47,6 +49,9 @@ type Cluster struct {
 
 	mu   sync.Mutex // guards meta
 	meta Meta
+
+	gen   atomic.Uint64 // bumped on every membership event
+	cache atomic.Pointer[memberCache]
 }
 
 // EventStats counts received serf events; safe for concurrent use.
@@ -137,6 +142,7 @@ func (c *Cluster) run() {
 	for {
 		select {
 		case e := <-c.events:
+			c.invalidate()
 			c.stats.add(e.EventType().String())
 			if me, ok := e.(serf.MemberEvent); ok {
 				for _, m := range me.Members {
@@ -235,21 +241,55 @@ func validHostname(h string) bool {
 }
 
 // Members returns every member serf knows, this node included.
+//
+// The slice is shared with other callers and must not be modified. It is
+// cached until the next membership event (or for at most a second), since
+// state sync asks for it on every message and decoding every member's tags
+// each time costs O(N) per message.
 func (c *Cluster) Members() []Member {
+	gen := c.gen.Load()
+	if mc := c.cache.Load(); mc != nil && mc.gen == gen && time.Since(mc.built) < time.Second {
+		return mc.members
+	}
 	sm := c.serf.Members()
-	out := make([]Member, 0, len(sm))
+	mc := &memberCache{gen: gen, built: time.Now(), members: make([]Member, 0, len(sm)), byPeer: make(map[string]string, len(sm))}
 	for _, m := range sm {
-		out = append(out, Member{
+		meta := ParseMeta(m.Tags)
+		mc.members = append(mc.members, Member{
 			Name:   m.Name,
 			Addr:   m.Addr,
 			Port:   m.Port,
 			Status: statusName(m.Status),
 			Tags:   m.Tags,
-			Meta:   ParseMeta(m.Tags),
+			Meta:   meta,
 		})
+		if meta.PeerID != "" {
+			mc.byPeer[meta.PeerID] = m.Name
+		}
 	}
-	return out
+	c.cache.Store(mc)
+	return mc.members
 }
+
+// NameOfPeer returns the member name that publishes a libp2p peer id.
+func (c *Cluster) NameOfPeer(peerID string) string {
+	c.Members()
+	if mc := c.cache.Load(); mc != nil {
+		return mc.byPeer[peerID]
+	}
+	return ""
+}
+
+// memberCache is an immutable snapshot of the member list.
+type memberCache struct {
+	gen     uint64
+	built   time.Time
+	members []Member
+	byPeer  map[string]string
+}
+
+// invalidate makes the next Members call rebuild the snapshot.
+func (c *Cluster) invalidate() { c.gen.Add(1) }
 
 func statusName(s serf.MemberStatus) string {
 	switch s {
@@ -278,6 +318,7 @@ func (c *Cluster) UpdateMeta(fn func(*Meta)) error {
 	if err := c.serf.SetTags(tags); err != nil {
 		return fmt.Errorf("publish node metadata: %w", err)
 	}
+	c.invalidate()
 	c.meta = next
 	return nil
 }

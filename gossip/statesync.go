@@ -303,13 +303,7 @@ func (s *StateSync) reject(st network.Stream, what, from string, err error) {
 
 // memberName maps a stream's remote peer to a member name ("" if unknown).
 func (s *StateSync) memberName(st network.Stream) string {
-	id := st.Conn().RemotePeer().String()
-	for _, m := range s.cluster.Members() {
-		if m.Meta.PeerID == id {
-			return m.Name
-		}
-	}
-	return ""
+	return s.cluster.NameOfPeer(st.Conn().RemotePeer().String())
 }
 
 // SyncWith runs one push-pull anti-entropy exchange with m:

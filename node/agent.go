@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/shoalmesh/shoal/gossip"
+	"github.com/shoalmesh/shoal/runtime"
 	"github.com/shoalmesh/shoal/state"
 )
 
@@ -33,6 +34,12 @@ type Agent struct {
 	// jobsChanged is signalled (coalesced) when jobs change locally or
 	// from a peer.
 	jobsChanged chan struct{}
+	// endpointsChanged is signalled when a peer's endpoint records change.
+	endpointsChanged chan struct{}
+
+	exec       *runtime.Exec
+	runner     TaskRunner
+	reconciler *reconciler
 }
 
 // New validates cfg, starts the p2p host, membership and the API listener.
@@ -44,7 +51,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if err := os.MkdirAll(cfg.Gossip.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir %s: %w", cfg.Gossip.DataDir, err)
 	}
-	a := &Agent{cfg: cfg, log: log, jobsChanged: make(chan struct{}, 1)}
+	a := &Agent{cfg: cfg, log: log, jobsChanged: make(chan struct{}, 1), endpointsChanged: make(chan struct{}, 1)}
 
 	cpu, mem, err := machineCapacity()
 	if err != nil {
@@ -83,10 +90,25 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		return nil, err
 	}
 	a.sync = gossip.NewStateSync(cfg.Sync, a.host, a.cluster, a.store, a.onPeerRecords, log.With("component", "state-sync"))
+	execDriver, err := runtime.NewExec(runtime.ExecConfig{
+		StateDir:  filepath.Join(cfg.Gossip.DataDir, "tasks"),
+		Namespace: cfg.ContainerdNamespace,
+		Log:       log.With("component", "exec"),
+	})
+	if err != nil {
+		a.cluster.Shutdown()
+		a.host.Close()
+		a.store.Close()
+		return nil, fmt.Errorf("start exec driver: %w", err)
+	}
+	a.exec = execDriver
+	a.runner = execDriver
+	a.reconciler = newReconciler(a, a.runner, cfg.Reconcile)
 	a.metrics = newMetrics(a.cluster, a.sync, a.store)
 
 	a.ln, err = net.Listen("tcp", cfg.APIAddr)
 	if err != nil {
+		a.exec.Close()
 		a.cluster.Shutdown()
 		a.host.Close()
 		a.store.Close()
@@ -113,12 +135,13 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	loopCtx, stopLoops := context.WithCancel(ctx)
 	defer stopLoops()
-	const loops = 4
+	const loops = 5
 	loopsDone := make(chan struct{}, loops)
 	go func() { a.joinLoop(loopCtx); loopsDone <- struct{}{} }()
 	go func() { a.loadLoop(loopCtx); loopsDone <- struct{}{} }()
 	go func() { a.sync.Run(loopCtx); loopsDone <- struct{}{} }()
 	go func() { a.gcLoop(loopCtx.Done()); loopsDone <- struct{}{} }()
+	go func() { a.reconciler.run(loopCtx); loopsDone <- struct{}{} }()
 
 	var runErr error
 	select {
@@ -156,6 +179,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.host.Close(); err != nil {
 		a.log.Warn("shut down p2p host", "err", err)
 	}
+	// Tasks keep running: a restarted agent adopts them.
+	a.exec.Close()
 	if err := a.store.Close(); err != nil {
 		a.log.Warn("close state store", "err", err)
 	}
@@ -234,9 +259,14 @@ func (a *Agent) loadLoop(ctx context.Context) {
 // onPeerRecords is called by state sync with records a peer changed.
 func (a *Agent) onPeerRecords(recs []state.Record) {
 	for _, r := range recs {
-		if r.Kind == kindJob {
+		switch r.Kind {
+		case kindJob:
 			a.notifyJobs()
-			return
+		case kindEndpoint:
+			select {
+			case a.endpointsChanged <- struct{}{}:
+			default:
+			}
 		}
 	}
 }

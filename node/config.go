@@ -41,6 +41,8 @@ type Config struct {
 	ContainerdNamespace string
 	// LoadInterval is how often load tags are refreshed.
 	LoadInterval time.Duration
+	// Reconcile tunes placement and the reconcile loop.
+	Reconcile ReconcileConfig
 	// Sync tunes state dissemination (push fanout, anti-entropy).
 	Sync gossip.SyncConfig
 	// TombstoneTTL is how long deletions are remembered. A node that is
@@ -61,6 +63,7 @@ func DefaultConfig() Config {
 		LoadInterval:        3 * time.Second,
 		LeaveTimeout:        5 * time.Second,
 		Sync:                gossip.DefaultSyncConfig(),
+		Reconcile:           DefaultReconcileConfig(),
 		TombstoneTTL:        state.DefaultTombstoneExpiry,
 	}
 }

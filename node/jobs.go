@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sort"
+	"strings"
 	"time"
 
 	"github.com/shoalmesh/shoal/api"
+	"github.com/shoalmesh/shoal/gossip"
 	"github.com/shoalmesh/shoal/state"
 )
 
@@ -39,7 +42,60 @@ func (a *Agent) jobStatus(r state.Record) (api.JobStatus, error) {
 	if err != nil {
 		return api.JobStatus{}, err
 	}
-	return api.JobStatus{Job: j, Allocations: []api.Allocation{}}, nil
+	return api.JobStatus{Job: j, Allocations: a.allocations(j.ID)}, nil
+}
+
+// allocations are the job's replicas as their nodes report them, plus the
+// replicas placement could not place. Records of nodes that are not alive
+// are reported as lost until the replica runs elsewhere.
+func (a *Agent) allocations(job string) []api.Allocation {
+	alive := map[string]bool{}
+	for _, m := range a.cluster.Members() {
+		alive[m.Name] = m.Status == gossip.StatusAlive
+	}
+	out := []api.Allocation{}
+	for _, rec := range a.store.List(kindEndpoint) {
+		if !strings.HasPrefix(rec.ID, job+".") {
+			continue
+		}
+		var ep Endpoint
+		if json.Unmarshal(rec.Body, &ep) != nil || ep.Job != job {
+			continue
+		}
+		al := api.Allocation{Replica: ep.Replica, Node: ep.Node, State: ep.State, IP: ep.IP, Healthy: ep.Healthy,
+			Ports: ep.Ports, ExitCode: ep.ExitCode, Restarts: ep.Restarts, Message: ep.Message}
+		if !alive[ep.Node] {
+			al.State, al.Message = "lost", "node "+ep.Node+" is not alive"
+		}
+		out = append(out, al)
+	}
+	// A lost copy is noise once the replica runs on an alive node.
+	runningElsewhere := map[int]bool{}
+	for _, al := range out {
+		if al.State == StateRunning {
+			runningElsewhere[al.Replica] = true
+		}
+	}
+	kept := out[:0]
+	for _, al := range out {
+		if al.State == "lost" && runningElsewhere[al.Replica] {
+			continue
+		}
+		kept = append(kept, al)
+	}
+	out = kept
+	if a.reconciler != nil {
+		for _, u := range a.reconciler.Unplaced(job) {
+			out = append(out, api.Allocation{Replica: u.Replica, State: "unplaced", Message: u.Reason})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Replica != out[j].Replica {
+			return out[i].Replica < out[j].Replica
+		}
+		return out[i].Node < out[j].Node
+	})
+	return out
 }
 
 func (a *Agent) handlePutJob(w http.ResponseWriter, r *http.Request) {

@@ -18,9 +18,13 @@ import (
 
 // metrics is one agent's Prometheus registry.
 type metrics struct {
-	reg         *prometheus.Registry
-	apiRequests *prometheus.CounterVec
-	apiLatency  *prometheus.HistogramVec
+	reg              *prometheus.Registry
+	placementRuns    prometheus.Counter
+	placementSeconds prometheus.Histogram
+	placementMoved   prometheus.Counter
+	unplaced         prometheus.Gauge
+	apiRequests      *prometheus.CounterVec
+	apiLatency       *prometheus.HistogramVec
 }
 
 var (
@@ -63,6 +67,11 @@ func newMetrics(c *gossip.Cluster, s *gossip.StateSync, st *state.Store) *metric
 		Help:    "HTTP API request latency by route.",
 		Buckets: prometheus.ExponentialBuckets(0.0005, 4, 8),
 	}, []string{"route"})
+	m.placementRuns = prometheus.NewCounter(prometheus.CounterOpts{Name: "shoal_placement_runs_total", Help: "Placement computations."})
+	m.placementSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "shoal_placement_duration_seconds", Help: "Time to compute the cluster-wide assignment.", Buckets: prometheus.ExponentialBuckets(0.00005, 4, 9)})
+	m.placementMoved = prometheus.NewCounter(prometheus.CounterOpts{Name: "shoal_placement_moved_replicas_total", Help: "Replicas whose node changed between consecutive placements."})
+	m.unplaced = prometheus.NewGauge(prometheus.GaugeOpts{Name: "shoal_placement_unplaced_replicas", Help: "Replicas that fit on no node in the last placement."})
+	m.reg.MustRegister(m.placementRuns, m.placementSeconds, m.placementMoved, m.unplaced)
 	m.reg.MustRegister(m.apiRequests, m.apiLatency,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&clusterCollector{c: c}, &stateCollector{sync: s, store: st})

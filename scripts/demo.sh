@@ -87,7 +87,9 @@ ENV
 		ip -n "$ns" link set eth0 up
 		local join=()
 		((i > 1)) && join=(--join "$NET.11")
-		setsid ip netns exec "$ns" "$BIN" agent --name "n$i" --bind "$ip" \
+		# nsenter, not "ip netns exec": the latter remounts /sys and hides
+		# the cgroup mounts the agent's runtime uses.
+		setsid nsenter --net="/run/netns/$ns" -- "$BIN" agent --name "n$i" --bind "$ip" \
 			--api "$ip:7700" --data-dir "$DIR/n$i" \
 			--gossip-key "$SHOAL_GOSSIP_KEY" --api-token "$SHOAL_API_TOKEN" \
 			--containerd-namespace "shoal-demo-n$i" "${join[@]}" \

@@ -33,6 +33,8 @@ type Config struct {
 	// (fsync on every write) instead of memory.
 	Durable bool
 	Log     *slog.Logger
+	// Progress, if set, receives start-up progress lines.
+	Progress func(string)
 }
 
 // Node is one simulated agent.
@@ -75,6 +77,9 @@ func Start(ctx context.Context, cfg Config) (*Sim, error) {
 			return nil, fmt.Errorf("start node %d: %w", i, err)
 		}
 		s.Nodes = append(s.Nodes, n)
+		if cfg.Progress != nil && (i+1)%50 == 0 {
+			cfg.Progress(fmt.Sprintf("started %d/%d", i+1, cfg.Nodes))
+		}
 		s.wg.Add(1)
 		go func() { defer s.wg.Done(); n.Sync.Run(runCtx) }()
 	}
@@ -84,6 +89,9 @@ func Start(ctx context.Context, cfg Config) (*Sim, error) {
 		seeds = append(seeds, s.gossipAddr(i))
 	}
 	for i, n := range s.Nodes[1:] {
+		if cfg.Progress != nil && (i+2)%50 == 0 {
+			cfg.Progress(fmt.Sprintf("joined %d/%d", i+2, len(s.Nodes)))
+		}
 		jctx, jcancel := context.WithTimeout(ctx, 30*time.Second)
 		_, err := n.Cluster.Join(jctx, seeds[:min(len(seeds), i+1)])
 		jcancel()

@@ -25,24 +25,30 @@ func main() {
 		load    = flag.Duration("load", 10*time.Second, "measurement window under write load")
 		durable = flag.Bool("durable", false, "bbolt stores with fsync instead of memory")
 		ae      = flag.Duration("anti-entropy-interval", gossip.DefaultSyncConfig().AntiEntropyInterval, "anti-entropy interval")
+		probe   = flag.Duration("probe-interval", gossip.DefaultConfig().ProbeInterval, "membership probe interval (raise for large simulations on few cores)")
+		gint    = flag.Duration("gossip-interval", gossip.DefaultConfig().GossipInterval, "membership gossip interval")
 	)
 	flag.Parse()
-	if err := run(*nodes, *writes, *rate, *idle, *load, *durable, *ae); err != nil {
+	g := gossip.DefaultConfig()
+	g.ProbeInterval, g.GossipInterval = *probe, *gint
+	g.ProbeTimeout = min(g.ProbeTimeout, *probe)
+	if err := run(*nodes, *writes, *rate, *idle, *load, *durable, *ae, g); err != nil {
 		fmt.Fprintf(os.Stderr, "shoal-sim: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(nodes, writes int, rate float64, idle, load time.Duration, durable bool, ae time.Duration) error {
+func run(nodes, writes int, rate float64, idle, load time.Duration, durable bool, ae time.Duration, g gossip.Config) error {
 	if nodes < 2 || writes < 1 || rate <= 0 {
 		return fmt.Errorf("need --nodes >= 2, --writes >= 1, --rate > 0")
 	}
 	ctx := context.Background()
-	cfg := sim.Config{Nodes: nodes, Gossip: gossip.DefaultConfig(), Sync: gossip.DefaultSyncConfig(), Durable: durable}
+	cfg := sim.Config{Nodes: nodes, Gossip: g, Sync: gossip.DefaultSyncConfig(), Durable: durable}
 	if os.Getenv("SHOAL_SIM_DEBUG") != "" {
 		cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
 	cfg.Sync.AntiEntropyInterval = ae
+	cfg.Progress = func(msg string) { fmt.Fprintf(os.Stderr, "%s %s\n", time.Now().Format("15:04:05"), msg) }
 	// Every node's data dir gets a real p2p identity; the key enables
 	// gossip encryption and the libp2p private network as in production.
 	cfg.Gossip.GossipKey = []byte("shoal-sim-key-16")

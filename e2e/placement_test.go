@@ -1,0 +1,140 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/shoalmesh/shoal/api"
+)
+
+func sleepJob(id string, replicas int) api.Job {
+	return api.Job{ID: id, Replicas: &replicas, Task: api.Task{
+		Driver: "exec", Command: []string{"/bin/sleep", "100000"},
+		Resources: api.Resources{CPUMillis: 100, MemoryMB: 32},
+	}}
+}
+
+// runningByNode returns node -> running replica count of job as n reports
+// it, and how many replicas run in all.
+func runningByNode(n *Node, job string) (map[string]int, int, string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := n.Client().Job(ctx, job)
+	if err != nil {
+		return nil, 0, err.Error()
+	}
+	per := map[string]int{}
+	total := 0
+	seen := map[int]bool{}
+	for _, a := range st.Allocations {
+		if a.State == "running" && !seen[a.Replica] {
+			seen[a.Replica] = true
+			per[a.Node]++
+			total++
+		}
+	}
+	return per, total, fmt.Sprintf("%+v", st.Allocations)
+}
+
+func TestReplicasSpreadAndMoveWhenANodeDies(t *testing.T) {
+	c := startCluster(t, 3)
+	n1, n2, n3 := c.Nodes[0], c.Nodes[1], c.Nodes[2]
+	ctx := context.Background()
+	if _, err := n1.Client().PutJob(ctx, sleepJob("spread", 6)); err != nil {
+		t.Fatal(err)
+	}
+	took := Eventually(t, 30*time.Second, "6 replicas running", func() (bool, string) {
+		per, total, detail := runningByNode(n2, "spread")
+		if total != 6 {
+			return false, detail
+		}
+		for node, k := range per {
+			if k > 3 {
+				return false, fmt.Sprintf("%s runs %d replicas", node, k)
+			}
+		}
+		return true, ""
+	})
+	per, _, _ := runningByNode(n2, "spread")
+	t.Logf("MEASURE submit_to_6_running=%s spread=%v", took.Round(time.Millisecond), per)
+	if len(per) != 3 {
+		t.Fatalf("replicas on %d nodes, want all 3: %v", len(per), per)
+	}
+
+	// A fourth node joins: some replicas move to it, make-before-break, so
+	// the six replicas never stop running meanwhile.
+	n4 := c.AddNode()
+	minRunning := 6
+	Eventually(t, 60*time.Second, "n4 takes its share", func() (bool, string) {
+		per, total, detail := runningByNode(n1, "spread")
+		minRunning = min(minRunning, total)
+		if per["n4"] == 0 || total != 6 {
+			return false, detail
+		}
+		// Old copies are gone: every node runs at most its bound.
+		for _, k := range per {
+			if k > 2 {
+				return false, detail
+			}
+		}
+		return true, ""
+	})
+	if minRunning < 6 {
+		t.Errorf("running replicas dipped to %d while replicas moved to a new node", minRunning)
+	}
+	per, _, _ = runningByNode(n1, "spread")
+	t.Logf("after n4 joined: %v", per)
+
+	n4.KillMachine()
+	Eventually(t, 60*time.Second, "back on 3 nodes", func() (bool, string) {
+		per, total, detail := runningByNode(n1, "spread")
+		return total == 6 && per["n4"] == 0, detail
+	})
+	n3.KillMachine()
+	took = Eventually(t, 60*time.Second, "6 replicas running on the survivors", func() (bool, string) {
+		per, total, detail := runningByNode(n1, "spread")
+		if total != 6 || per["n3"] != 0 || per["n1"] != 3 || per["n2"] != 3 {
+			return false, detail
+		}
+		return true, ""
+	})
+	t.Logf("MEASURE kill9_to_6_running=%s (failure detection + placement + start)", took.Round(time.Millisecond))
+
+	// Deleting the job stops every replica.
+	if _, err := n2.Client().DeleteJob(ctx, "spread"); err != nil {
+		t.Fatal(err)
+	}
+	Eventually(t, 30*time.Second, "no tasks left", func() (bool, string) {
+		for _, n := range []*Node{n1, n2} {
+			out, _ := n.Exec("sh", "-c", "ip netns list | grep -c '^shoal-"+n.TaskNamespace()+"-' || true")
+			if out != "0\n" {
+				return false, n.Name + " still has task namespaces: " + out
+			}
+		}
+		return true, ""
+	})
+}
+
+func TestUnplaceableReplicasAreReportedWithAReason(t *testing.T) {
+	c := startCluster(t, 2)
+	ctx := context.Background()
+	huge := sleepJob("huge", 1)
+	huge.Task.Resources.MemoryMB = 4 << 20
+	if _, err := c.Nodes[0].Client().PutJob(ctx, huge); err != nil {
+		t.Fatal(err)
+	}
+	Eventually(t, 15*time.Second, "unplaced allocation", func() (bool, string) {
+		st, err := c.Nodes[1].Client().Job(ctx, "huge")
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, a := range st.Allocations {
+			if a.State == "unplaced" && a.Message != "" {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("%+v", st.Allocations)
+	})
+}

@@ -1,0 +1,484 @@
+package node
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/shoalmesh/shoal/api"
+	"github.com/shoalmesh/shoal/gossip"
+	"github.com/shoalmesh/shoal/placement"
+	"github.com/shoalmesh/shoal/runtime"
+	"github.com/shoalmesh/shoal/state"
+)
+
+// kindEndpoint records are written only by the node that runs the replica:
+// id "<job>.<replica>.<node>", so an old and a new owner never write the
+// same record during a move.
+const kindEndpoint = "endpoint"
+
+// Replica states as endpoint records and the API report them.
+const (
+	StatePending   = "pending"
+	StateRunning   = "running"
+	StateFailed    = "failed"
+	StateCompleted = "completed"
+	StateStopped   = "stopped"
+)
+
+// TaskRunner is what the reconcile loop needs of a runtime driver.
+type TaskRunner interface {
+	Start(ctx context.Context, spec runtime.TaskSpec) (runtime.TaskStatus, error)
+	Stop(ctx context.Context, id string) error
+	List(ctx context.Context) ([]runtime.TaskStatus, error)
+}
+
+// Endpoint is one replica as its node publishes it.
+type Endpoint struct {
+	Job      string         `json:"job"`
+	Replica  int            `json:"replica"`
+	Node     string         `json:"node"`
+	State    string         `json:"state"`
+	IP       string         `json:"ip,omitempty"`
+	Ports    map[string]int `json:"ports,omitempty"`
+	Healthy  *bool          `json:"healthy,omitempty"`
+	ExitCode *int           `json:"exit_code,omitempty"`
+	Restarts int            `json:"restarts,omitempty"`
+	Message  string         `json:"message,omitempty"`
+	SpecHash string         `json:"spec_hash,omitempty"`
+}
+
+func endpointID(job string, replica int, node string) string {
+	return job + "." + strconv.Itoa(replica) + "." + node
+}
+
+func taskID(job string, replica int) string { return job + "-" + strconv.Itoa(replica) }
+
+// specHash identifies what a replica runs, so a changed spec replaces it.
+func specHash(j api.Job) string {
+	raw, _ := json.Marshal(struct {
+		Task api.Task `json:"task"`
+	}{j.Task})
+	sum := sha256.Sum256(raw)
+	return hex.EncodeToString(sum[:6])
+}
+
+// ReconcileConfig tunes the reconcile loop.
+type ReconcileConfig struct {
+	// Debounce coalesces bursts of membership and job changes.
+	Debounce time.Duration
+	// Resync re-runs the loop even without changes (repairs, restarts).
+	Resync time.Duration
+	// HandoffTimeout bounds make-before-break: a moved replica's old copy
+	// is stopped when the new owner reports it running, or after this.
+	HandoffTimeout time.Duration
+	// LoadFactor is placement's bounded-load factor c.
+	LoadFactor float64
+}
+
+// DefaultReconcileConfig returns the defaults.
+func DefaultReconcileConfig() ReconcileConfig {
+	return ReconcileConfig{Debounce: 200 * time.Millisecond, Resync: 2 * time.Second, HandoffTimeout: 30 * time.Second, LoadFactor: placement.DefaultLoadFactor}
+}
+
+// reconciler computes the cluster-wide assignment and drives this node's
+// share. Its run goroutine owns every field but snapshot.
+type reconciler struct {
+	a      *Agent
+	runner TaskRunner
+	cfg    ReconcileConfig
+
+	prev      placement.Assignment
+	moveSince map[string]time.Time  // task id -> when it was assigned elsewhere
+	restarts  map[string]*restartState
+
+	mu       sync.Mutex // guards snapshot
+	snapshot placement.Assignment
+}
+
+type restartState struct {
+	attempts int
+	next     time.Time
+	exitCode int
+}
+
+func newReconciler(a *Agent, runner TaskRunner, cfg ReconcileConfig) *reconciler {
+	return &reconciler{a: a, runner: runner, cfg: cfg, moveSince: map[string]time.Time{}, restarts: map[string]*restartState{}}
+}
+
+// Unplaced returns the replicas of job that fit nowhere, from the last run.
+func (r *reconciler) Unplaced(job string) []placement.Unplaced {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []placement.Unplaced
+	for _, u := range r.snapshot.Unplaced {
+		if u.Job == job {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+func (r *reconciler) run(ctx context.Context) {
+	resync := time.NewTicker(r.cfg.Resync)
+	defer resync.Stop()
+	var debounce <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.a.cluster.Changes():
+			debounce = time.After(r.cfg.Debounce)
+		case <-r.a.jobsChanged:
+			debounce = time.After(r.cfg.Debounce)
+		case <-r.a.endpointsChanged:
+			// Only make-before-break waits on peers' endpoints.
+			if len(r.moveSince) > 0 && debounce == nil {
+				debounce = time.After(r.cfg.Debounce)
+			}
+		case <-debounce:
+			debounce = nil
+			r.pass(ctx)
+		case <-resync.C:
+			r.pass(ctx)
+		}
+	}
+}
+
+// view is the alive, non-draining members as placement sees them.
+func (r *reconciler) view() ([]placement.Node, map[string]bool) {
+	alive := map[string]bool{}
+	var nodes []placement.Node
+	for _, m := range r.a.cluster.Members() {
+		if m.Status != gossip.StatusAlive {
+			continue
+		}
+		alive[m.Name] = true
+		if m.Meta.Health == gossip.HealthDrain {
+			continue
+		}
+		nodes = append(nodes, placement.Node{
+			Name: m.Name, CPUMillis: m.Meta.Capacity.CPUMillis, MemoryMB: m.Meta.Capacity.MemoryMB, Labels: m.Meta.Labels,
+		})
+	}
+	return nodes, alive
+}
+
+func (r *reconciler) jobs() (map[string]api.Job, []placement.Job) {
+	byID := map[string]api.Job{}
+	var out []placement.Job
+	for _, rec := range r.a.store.List(kindJob) {
+		j, err := jobFromRecord(rec)
+		if err != nil {
+			continue
+		}
+		byID[j.ID] = j
+		pj := placement.Job{ID: j.ID, Replicas: 1, CPUMillis: j.Task.Resources.CPUMillis, MemoryMB: j.Task.Resources.MemoryMB}
+		if j.Replicas != nil {
+			pj.Replicas = *j.Replicas
+		}
+		for _, c := range j.Constraints {
+			pj.Constraints = append(pj.Constraints, placement.Constraint{Label: c.Label, Op: c.Op, Value: c.Value})
+		}
+		out = append(out, pj)
+	}
+	return byID, out
+}
+
+// endpoints returns every endpoint record by (job, replica) -> node -> endpoint.
+func (r *reconciler) peerEndpoints() map[string]map[string]Endpoint {
+	out := map[string]map[string]Endpoint{}
+	for _, rec := range r.a.store.List(kindEndpoint) {
+		var ep Endpoint
+		if json.Unmarshal(rec.Body, &ep) != nil {
+			continue
+		}
+		k := taskID(ep.Job, ep.Replica)
+		if out[k] == nil {
+			out[k] = map[string]Endpoint{}
+		}
+		out[k][ep.Node] = ep
+	}
+	return out
+}
+
+// pass is one reconcile round: place, then start, stop and publish.
+func (r *reconciler) pass(ctx context.Context) {
+	self := r.a.cfg.Gossip.NodeName
+	view, alive := r.view()
+	jobs, pjobs := r.jobs()
+
+	start := time.Now()
+	asg := placement.Assign(view, pjobs, placement.Options{LoadFactor: r.cfg.LoadFactor})
+	r.a.metrics.placementRuns.Inc()
+	r.a.metrics.placementSeconds.Observe(time.Since(start).Seconds())
+	r.a.metrics.placementMoved.Add(float64(placement.Movement(r.prev, asg)))
+	r.a.metrics.unplaced.Set(float64(len(asg.Unplaced)))
+	r.prev = asg
+	r.mu.Lock()
+	r.snapshot = asg
+	r.mu.Unlock()
+
+	desired := map[string]placement.Replica{}
+	for _, rep := range asg.ByNode()[self] {
+		desired[taskID(rep.Job, rep.Index)] = rep
+	}
+
+	tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	tasks, err := r.runner.List(tctx)
+	if err != nil {
+		r.a.log.Warn("list tasks", "err", err)
+		return
+	}
+	actual := map[string]runtime.TaskStatus{}
+	for _, t := range tasks {
+		actual[t.ID] = t
+	}
+	peers := r.peerEndpoints()
+	published := map[string]Endpoint{}
+
+	// Stop what should not run here.
+	for id, t := range actual {
+		job, ok := jobs[t.Job]
+		replicas := 0
+		if ok && job.Replicas != nil {
+			replicas = *job.Replicas
+		} else if ok {
+			replicas = 1
+		}
+		_, want := desired[id]
+		switch {
+		case want && t.SpecHash == specHash(job):
+			continue
+		case want:
+			r.a.log.Info("replacing replica with changed spec", "task", id)
+		case !ok || t.Replica >= replicas:
+			r.a.log.Info("stopping replica of removed or scaled-down job", "task", id)
+		default:
+			// Moved elsewhere: make before break.
+			owner := ""
+			if nodes := asg.Placements[t.Job]; t.Replica < len(nodes) {
+				owner = nodes[t.Replica]
+			}
+			if owner != "" && t.State == runtime.StateRunning {
+				since, seen := r.moveSince[id]
+				if !seen {
+					since = time.Now()
+					r.moveSince[id] = since
+				}
+				ready := peers[id][owner].State == StateRunning && alive[owner]
+				if !ready && time.Since(since) < r.cfg.HandoffTimeout {
+					published[id] = r.endpointFor(t, job, "moving to "+owner)
+					continue
+				}
+				r.a.log.Info("handing replica over", "task", id, "to", owner, "new_owner_running", ready)
+			}
+		}
+		delete(r.moveSince, id)
+		if err := r.runner.Stop(tctx, id); err != nil {
+			r.a.log.Warn("stop replica", "task", id, "err", err)
+			continue
+		}
+		delete(actual, id)
+		if !want {
+			delete(r.restarts, id)
+		}
+	}
+
+	// Start what should run here and is not running.
+	for id, rep := range desired {
+		job := jobs[rep.Job]
+		t, exists := actual[id]
+		if exists && t.State == runtime.StateRunning {
+			delete(r.restarts, id+"#ok")
+			published[id] = r.endpointFor(t, job, "")
+			continue
+		}
+		if exists { // exited
+			if ep, keep := r.exited(t, job); keep {
+				published[id] = ep
+				continue
+			}
+		}
+		rs := r.restarts[id]
+		if rs != nil && time.Now().Before(rs.next) {
+			published[id] = Endpoint{Job: rep.Job, Replica: rep.Index, Node: self, State: StatePending, Restarts: rs.attempts,
+				Message: fmt.Sprintf("restarting in %s after exit code %d (crash loop: %d restarts)", time.Until(rs.next).Round(100*time.Millisecond), rs.exitCode, rs.attempts)}
+			continue
+		}
+		if exists {
+			_ = r.runner.Stop(tctx, id) // clean the exited task before starting anew
+		}
+		spec, err := r.taskSpec(job, rep)
+		if err != nil {
+			published[id] = Endpoint{Job: rep.Job, Replica: rep.Index, Node: self, State: StateFailed, Message: err.Error()}
+			continue
+		}
+		st, err := r.runner.Start(tctx, spec)
+		if err != nil {
+			r.a.log.Warn("start replica", "task", id, "err", err)
+			published[id] = Endpoint{Job: rep.Job, Replica: rep.Index, Node: self, State: StateFailed, Message: err.Error()}
+			r.noteExit(id, job, -1)
+			continue
+		}
+		r.a.log.Info("started replica", "task", id, "pid", st.PID)
+		published[id] = r.endpointFor(st, job, "")
+	}
+	r.publish(published)
+}
+
+// exited decides what an exited task means under the job's restart policy.
+// It reports keep=true when the task must stay down.
+func (r *reconciler) exited(t runtime.TaskStatus, job api.Job) (Endpoint, bool) {
+	policy := "always"
+	maxAttempts := 0
+	if job.Restart != nil {
+		policy, maxAttempts = job.Restart.Policy, job.Restart.MaxAttempts
+	}
+	ep := r.endpointFor(t, job, "")
+	code := t.ExitCode
+	ep.ExitCode = &code
+	rs := r.restarts[t.ID]
+	switch {
+	case policy == "never", policy == "on_failure" && code == 0:
+		if code == 0 {
+			ep.State = StateCompleted
+		} else {
+			ep.State = StateFailed
+		}
+		return ep, true
+	case maxAttempts > 0 && rs != nil && rs.attempts >= maxAttempts:
+		ep.State = StateFailed
+		ep.Restarts = rs.attempts
+		ep.Message = fmt.Sprintf("gave up after %d restarts (last exit code %d)", rs.attempts, code)
+		return ep, true
+	}
+	if rs == nil || rs.next.IsZero() || rs.exitCode != code || time.Now().After(rs.next.Add(time.Hour)) {
+		r.noteExit(t.ID, job, code)
+	}
+	return ep, false
+}
+
+// noteExit schedules a restart with capped exponential backoff.
+func (r *reconciler) noteExit(id string, job api.Job, code int) {
+	backoff, maxBackoff := time.Second, time.Minute
+	if job.Restart != nil {
+		if job.Restart.Backoff > 0 {
+			backoff = time.Duration(job.Restart.Backoff)
+		}
+		if job.Restart.MaxBackoff > 0 {
+			maxBackoff = time.Duration(job.Restart.MaxBackoff)
+		}
+	}
+	rs := r.restarts[id]
+	if rs == nil {
+		rs = &restartState{}
+		r.restarts[id] = rs
+	}
+	delay := backoff << min(rs.attempts, 20)
+	if delay > maxBackoff || delay <= 0 {
+		delay = maxBackoff
+	}
+	rs.attempts++
+	rs.exitCode = code
+	rs.next = time.Now().Add(delay)
+}
+
+func (r *reconciler) taskSpec(job api.Job, rep placement.Replica) (runtime.TaskSpec, error) {
+	if job.Task.Driver != "exec" {
+		return runtime.TaskSpec{}, fmt.Errorf("driver %q is not available on this node", job.Task.Driver)
+	}
+	env := map[string]string{}
+	for k, v := range job.Task.Env {
+		env[k] = v
+	}
+	env["SHOAL_JOB"] = job.ID
+	env["SHOAL_REPLICA"] = strconv.Itoa(rep.Index)
+	env["SHOAL_NODE"] = r.a.cfg.Gossip.NodeName
+	return runtime.TaskSpec{
+		ID: taskID(job.ID, rep.Index), Job: job.ID, Replica: rep.Index,
+		Command: job.Task.Command, Args: job.Task.Args, Env: env,
+		CPUMillis: job.Task.Resources.CPUMillis, MemoryMB: job.Task.Resources.MemoryMB,
+		Hostname: taskID(job.ID, rep.Index), SpecHash: specHash(job),
+	}, nil
+}
+
+func (r *reconciler) endpointFor(t runtime.TaskStatus, job api.Job, msg string) Endpoint {
+	ep := Endpoint{Job: t.Job, Replica: t.Replica, Node: r.a.cfg.Gossip.NodeName, Message: msg, SpecHash: t.SpecHash}
+	switch t.State {
+	case runtime.StateRunning:
+		ep.State = StateRunning
+	default:
+		ep.State = StateFailed
+		code := t.ExitCode
+		ep.ExitCode = &code
+	}
+	if len(job.Task.Ports) > 0 {
+		ep.Ports = map[string]int{}
+		for _, p := range job.Task.Ports {
+			ep.Ports[p.Name] = p.Port
+		}
+	}
+	if rs := r.restarts[t.ID]; rs != nil {
+		ep.Restarts = rs.attempts
+	}
+	return ep
+}
+
+// publish writes this node's endpoint records that changed and tombstones
+// those of replicas it no longer has.
+func (r *reconciler) publish(eps map[string]Endpoint) {
+	self := r.a.cfg.Gossip.NodeName
+	mine := map[string]state.Record{}
+	for _, rec := range r.a.store.List(kindEndpoint) {
+		if strings.HasSuffix(rec.ID, "."+self) {
+			mine[rec.ID] = rec
+		}
+	}
+	var out []state.Record
+	running := 0
+	ids := make([]string, 0, len(eps))
+	for id := range eps {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		ep := eps[id]
+		if ep.State == StateRunning {
+			running++
+		}
+		rid := endpointID(ep.Job, ep.Replica, self)
+		body, _ := json.Marshal(ep)
+		if cur, ok := mine[rid]; ok && string(cur.Body) == string(body) {
+			delete(mine, rid)
+			continue
+		}
+		delete(mine, rid)
+		rec, err := r.a.store.Write(kindEndpoint, rid, body, false)
+		if err != nil {
+			r.a.log.Warn("publish endpoint", "id", rid, "err", err)
+			continue
+		}
+		out = append(out, rec)
+	}
+	for rid := range mine {
+		rec, err := r.a.store.Delete(kindEndpoint, rid)
+		if err == nil {
+			out = append(out, rec)
+		}
+	}
+	if len(out) > 0 {
+		r.a.sync.Publish(out)
+	}
+	if err := r.a.cluster.UpdateMeta(func(m *gossip.Meta) { m.Load.Replicas = running }); err != nil {
+		r.a.log.Warn("publish replica count", "err", err)
+	}
+}
