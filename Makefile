@@ -34,7 +34,7 @@ bench: build ## benchmarks of the pure packages and e2e measurements
 	SHOAL_MEASURE=1 SHOAL_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 30m -run Measure ./e2e/
 
 lint: ## gofmt and go vet
-	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@out=$$(gofmt -l $$(find . -name '*.go' -not -path './.git/*')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
 deps: ## install the system packages tests and the demo need (Debian, root)

@@ -112,6 +112,7 @@ func NewCluster(cfg Config, meta Meta, log *slog.Logger) (*Cluster, error) {
 	mc.GossipInterval = cfg.GossipInterval
 	mc.GossipNodes = cfg.GossipNodes
 	mc.PushPullInterval = cfg.PushPullInterval
+	mc.EnableCompression = cfg.Compression
 	mc.Logger = newStdLogger(log.With("component", "memberlist"))
 
 	sc := serf.DefaultConfig()

@@ -23,6 +23,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/pnet"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	yamux "github.com/libp2p/go-libp2p/p2p/muxer/yamux"
+	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
 	tcp "github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
@@ -129,7 +130,12 @@ func NewHost(cfg Config, log *slog.Logger) (*Host, error) {
 	if err != nil {
 		return nil, fmt.Errorf("p2p listen address: %w", err)
 	}
+	cm, err := connmgr.NewConnManager(cfg.P2PConnLow, cfg.P2PConnHigh, connmgr.WithGracePeriod(20*time.Second))
+	if err != nil {
+		return nil, fmt.Errorf("p2p connection manager: %w", err)
+	}
 	opts := []libp2p.Option{
+		libp2p.ConnectionManager(cm),
 		libp2p.Identity(key),
 		libp2p.ListenAddrs(listen),
 		// Only TCP: QUIC, WebTransport and WebRTC refuse private networks.

@@ -96,7 +96,7 @@ type reconciler struct {
 	cfg    ReconcileConfig
 
 	prev      placement.Assignment
-	moveSince map[string]time.Time  // task id -> when it was assigned elsewhere
+	moveSince map[string]time.Time // task id -> when it was assigned elsewhere
 	restarts  map[string]*restartState
 
 	mu       sync.Mutex // guards snapshot

@@ -9,7 +9,9 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"runtime/pprof"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/shoalmesh/shoal/gossip"
@@ -27,13 +29,32 @@ func main() {
 		ae      = flag.Duration("anti-entropy-interval", gossip.DefaultSyncConfig().AntiEntropyInterval, "anti-entropy interval")
 		probe   = flag.Duration("probe-interval", gossip.DefaultConfig().ProbeInterval, "membership probe interval (raise for large simulations on few cores)")
 		gint    = flag.Duration("gossip-interval", gossip.DefaultConfig().GossipInterval, "membership gossip interval")
+		connLow = flag.Int("p2p-conns", 64, "libp2p connections kept per node (all nodes share this process's open-file limit)")
 	)
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
+	// Every node of the simulation lives in this process: allow the fds of
+	// all their sockets (best effort; needs root past the hard limit).
+	lim := syscall.Rlimit{Cur: 1 << 20, Max: 1 << 20}
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		fmt.Fprintf(os.Stderr, "shoal-sim: raise open-file limit: %v (large runs may fail)\n", err)
+	}
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "shoal-sim: %v\n", err)
+			os.Exit(1)
+		}
+		_ = pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
 	g := gossip.DefaultConfig()
 	g.ProbeInterval, g.GossipInterval = *probe, *gint
 	g.ProbeTimeout = min(g.ProbeTimeout, *probe)
+	g.P2PConnLow, g.P2PConnHigh = *connLow, 2**connLow
 	if err := run(*nodes, *writes, *rate, *idle, *load, *durable, *ae, g); err != nil {
 		fmt.Fprintf(os.Stderr, "shoal-sim: %v\n", err)
+		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }

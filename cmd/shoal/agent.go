@@ -102,6 +102,7 @@ with 'shoal keygen' and give the same values to every agent.`,
 	f.DurationVar(&cfg.Gossip.PushPullInterval, "push-pull-interval", cfg.Gossip.PushPullInterval, "interval between full state exchanges")
 	f.DurationVar(&cfg.Sync.AntiEntropyInterval, "anti-entropy-interval", cfg.Sync.AntiEntropyInterval, "state: interval between anti-entropy rounds with a random peer")
 	f.DurationVar(&cfg.TombstoneTTL, "tombstone-ttl", cfg.TombstoneTTL, "state: how long deletions are remembered (longer than any node stays away)")
+	f.BoolVar(&cfg.Gossip.Compression, "gossip-compression", false, "compress gossip packets (fewer bytes, more CPU)")
 	f.DurationVar(&cfg.LoadInterval, "load-interval", cfg.LoadInterval, "interval between load updates in gossip")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
