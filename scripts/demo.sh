@@ -30,6 +30,10 @@ down() {
 			rm -f "$pidfile"
 		done
 	fi
+	# Tasks outlive their agents by design; remove them for good.
+	for i in $(seq 1 50); do
+		ip netns list | grep -q "^shoal-$PREFIX-n$i-" && "$BIN" cleanup --containerd-namespace "$PREFIX-n$i" >/dev/null
+	done
 	for ns in $(ip netns list | awk '{print $1}' | grep "^$PREFIX-" || true); do
 		for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
 		ip netns del "$ns"
@@ -106,6 +110,16 @@ ENV
 	done
 	"$BIN" nodes
 	[[ $alive -eq $n ]] || die "only $alive of $n nodes alive; logs in $DIR"
+	echo
+	echo "+ shoal run -f examples/ticker.yaml   # submitted to n1, placed by every node alike"
+	"$BIN" run -f examples/ticker.yaml
+	for _ in $(seq 1 50); do
+		running=$("$BIN" ps --json | grep -c '"state": "running"' || true)
+		[[ $running -ge 3 ]] && break
+		sleep 0.2
+	done
+	echo "+ SHOAL_ADDR=$NET.12:7700 shoal ps   # asked of n2"
+	SHOAL_ADDR=$NET.12:7700 "$BIN" ps
 	cat <<MSG
 
 Shoal demo: $n agents, each in its own network namespace ($PREFIX-n1..n$n),

@@ -170,7 +170,7 @@ func newPsCmd(cf *clientFlags) *cobra.Command {
 				return printJSON(jobs)
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "JOB\tTYPE\tREPLICAS\tRUNNING\tDRIVER\tIMAGE/COMMAND\tSERVICE\tVERSION")
+			fmt.Fprintln(tw, "JOB\tTYPE\tRUNNING\tDRIVER\tIMAGE/COMMAND\tSERVICE")
 			for _, j := range jobs {
 				replicas := 1
 				if j.Replicas != nil {
@@ -186,6 +186,9 @@ func newPsCmd(cf *clientFlags) *cobra.Command {
 				if what == "" {
 					what = strings.Join(j.Task.Command, " ")
 				}
+				if len(what) > 40 {
+					what = what[:37] + "..."
+				}
 				svc := "-"
 				if j.Service != nil {
 					svc = fmt.Sprintf("%s:%d", j.Service.Name, j.Service.Port)
@@ -193,9 +196,24 @@ func newPsCmd(cf *clientFlags) *cobra.Command {
 						svc += fmt.Sprintf(" (node port %d)", j.Service.NodePort)
 					}
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", j.ID, j.Type, replicas, running, j.Task.Driver, what, svc, j.Version)
+				fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\t%s\t%s\n", j.ID, j.Type, running, replicas, j.Task.Driver, what, svc)
+			}
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			fmt.Println()
+			tw = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "REPLICA\tNODE\tSTATE\tIP\tRESTARTS\tMESSAGE")
+			for _, j := range jobs {
 				for _, a := range j.Allocations {
-					fmt.Fprintf(tw, "  %s-%d\t\t\t%s\t%s\t%s\t\t\n", j.ID, a.Replica, a.State, a.Node, a.IP)
+					node, ip := a.Node, a.IP
+					if node == "" {
+						node = "-"
+					}
+					if ip == "" {
+						ip = "-"
+					}
+					fmt.Fprintf(tw, "%s-%d\t%s\t%s\t%s\t%d\t%s\n", j.ID, a.Replica, node, a.State, ip, a.Restarts, a.Message)
 				}
 			}
 			return tw.Flush()
