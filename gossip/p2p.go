@@ -157,6 +157,14 @@ func NewHost(cfg Config, log *slog.Logger) (*Host, error) {
 	return hst, nil
 }
 
+// NewHostFrom wraps a libp2p host made elsewhere (the simulator's
+// in-memory network) and registers Shoal's protocols on it.
+func NewHostFrom(h host.Host, log *slog.Logger) *Host {
+	hst := &Host{h: h, log: log}
+	hst.Handle(ProtocolPing, hst.servePing)
+	return hst
+}
+
 // ID is this node's peer id.
 func (h *Host) ID() string { return h.h.ID().String() }
 

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -18,8 +19,11 @@ import (
 	"time"
 
 	gometrics "github.com/armon/go-metrics"
+	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
+	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/shoalmesh/shoal/gossip"
+	"github.com/shoalmesh/shoal/placement"
 	"github.com/shoalmesh/shoal/state"
 )
 
@@ -35,6 +39,13 @@ type Config struct {
 	Log     *slog.Logger
 	// Progress, if set, receives start-up progress lines.
 	Progress func(string)
+	// MemoryNetwork carries libp2p streams over libp2p's in-memory mock
+	// network instead of TCP + Noise + PSK. The libp2p host, streams and
+	// Shoal's protocols are the same; what goes is one socket pair and one
+	// handshake per connection, which at a few hundred nodes in one
+	// process exhaust the open-file limit and the CPU of a small machine.
+	// Serf still runs over real UDP and TCP on loopback.
+	MemoryNetwork bool
 }
 
 // Node is one simulated agent.
@@ -53,6 +64,7 @@ type Sim struct {
 	dir    string
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	mem    mocknet.Mocknet
 }
 
 // Start launches cfg.Nodes nodes and joins them into one cluster.
@@ -70,6 +82,9 @@ func Start(ctx context.Context, cfg Config) (*Sim, error) {
 	installTrafficSink()
 	runCtx, cancel := context.WithCancel(context.Background())
 	s := &Sim{cfg: cfg, dir: dir, cancel: cancel}
+	if cfg.MemoryNetwork {
+		s.mem = mocknet.New()
+	}
 	for i := 0; i < cfg.Nodes; i++ {
 		n, err := s.startNode(i)
 		if err != nil {
@@ -80,20 +95,29 @@ func Start(ctx context.Context, cfg Config) (*Sim, error) {
 		if cfg.Progress != nil && (i+1)%50 == 0 {
 			cfg.Progress(fmt.Sprintf("started %d/%d", i+1, cfg.Nodes))
 		}
+	}
+	if s.mem != nil {
+		if err := s.mem.LinkAll(); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("link in-memory network: %w", err)
+		}
+	}
+	for _, n := range s.Nodes {
 		s.wg.Add(1)
 		go func() { defer s.wg.Done(); n.Sync.Run(runCtx) }()
 	}
-	// Join in waves through a few seeds, as operators would.
-	seeds := []string{}
-	for i := 0; i < min(3, len(s.Nodes)); i++ {
-		seeds = append(seeds, s.gossipAddr(i))
-	}
+	// Each node joins through up to three random nodes already in, so no
+	// seed carries every join's push-pull.
 	for i, n := range s.Nodes[1:] {
 		if cfg.Progress != nil && (i+2)%50 == 0 {
 			cfg.Progress(fmt.Sprintf("joined %d/%d", i+2, len(s.Nodes)))
 		}
-		jctx, jcancel := context.WithTimeout(ctx, 30*time.Second)
-		_, err := n.Cluster.Join(jctx, seeds[:min(len(seeds), i+1)])
+		var seeds []string
+		for _, k := range rand.Perm(i + 1)[:min(3, i+1)] {
+			seeds = append(seeds, s.gossipAddr(k))
+		}
+		jctx, jcancel := context.WithTimeout(ctx, 2*time.Minute)
+		_, err := n.Cluster.Join(jctx, seeds)
 		jcancel()
 		if err != nil {
 			s.Close()
@@ -132,11 +156,31 @@ func (s *Sim) startNode(i int) (*Node, error) {
 		return nil, err
 	}
 	log := s.cfg.Log.With("node", cfg.NodeName)
-	h, err := gossip.NewHost(cfg, log)
-	if err != nil {
-		return nil, err
+	var h *gossip.Host
+	if s.mem != nil {
+		key, err := gossip.LoadIdentity(cfg.DataDir)
+		if err != nil {
+			return nil, err
+		}
+		addr, err := ma.NewMultiaddr(fmt.Sprintf("/ip4/127.0.0.1/tcp/%d", cfg.P2PPort))
+		if err != nil {
+			return nil, err
+		}
+		lh, err := s.mem.AddPeer(key, addr)
+		if err != nil {
+			return nil, fmt.Errorf("add in-memory peer: %w", err)
+		}
+		h = gossip.NewHostFrom(lh, log)
+	} else {
+		h, err = gossip.NewHost(cfg, log)
+		if err != nil {
+			return nil, err
+		}
 	}
-	c, err := gossip.NewCluster(cfg, gossip.Meta{PeerID: h.ID(), P2PPort: cfg.P2PPort, Health: gossip.HealthOK}, log)
+	// Every simulated node offers the same capacity, as a fleet of equal
+	// machines would.
+	meta := gossip.Meta{PeerID: h.ID(), P2PPort: cfg.P2PPort, Health: gossip.HealthOK, Capacity: gossip.Capacity{CPUMillis: 16000, MemoryMB: 65536}}
+	c, err := gossip.NewCluster(cfg, meta, log)
 	if err != nil {
 		h.Close()
 		return nil, err
@@ -253,6 +297,9 @@ func (s *Sim) Close() {
 		}()
 	}
 	wg.Wait()
+	if s.mem != nil {
+		_ = s.mem.Close()
+	}
 	os.RemoveAll(s.dir)
 }
 
@@ -301,4 +348,22 @@ func (trafficSink) count(key []string, val float32) {
 	if len(key) >= 3 && key[len(key)-3] == "memberlist" && key[len(key)-1] == "sent" {
 		gossipBytes.Add(uint64(val))
 	}
+}
+
+// View returns node i's membership as placement sees it: alive members
+// with the capacity and labels from their tags.
+func (s *Sim) View(i int) []placement.Node {
+	var out []placement.Node
+	for _, m := range s.Nodes[i].Cluster.Members() {
+		if m.Status != gossip.StatusAlive {
+			continue
+		}
+		out = append(out, placement.Node{Name: m.Name, CPUMillis: m.Meta.Capacity.CPUMillis, MemoryMB: m.Meta.Capacity.MemoryMB, Labels: m.Meta.Labels})
+	}
+	return out
+}
+
+// Crash stops node i without a leave, as a machine failure would.
+func (s *Sim) Crash(i int) {
+	_ = s.Nodes[i].Cluster.Shutdown()
 }

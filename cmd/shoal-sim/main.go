@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/shoalmesh/shoal/gossip"
+	"github.com/shoalmesh/shoal/placement"
 	"github.com/shoalmesh/shoal/sim"
 )
 
@@ -29,6 +30,7 @@ func main() {
 		ae      = flag.Duration("anti-entropy-interval", gossip.DefaultSyncConfig().AntiEntropyInterval, "anti-entropy interval")
 		probe   = flag.Duration("probe-interval", gossip.DefaultConfig().ProbeInterval, "membership probe interval (raise for large simulations on few cores)")
 		gint    = flag.Duration("gossip-interval", gossip.DefaultConfig().GossipInterval, "membership gossip interval")
+		memnet  = flag.Bool("memory-network", false, "libp2p over its in-memory mock network instead of TCP (see sim.Config.MemoryNetwork)")
 		connLow = flag.Int("p2p-conns", 64, "libp2p connections kept per node (all nodes share this process's open-file limit)")
 	)
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
@@ -52,14 +54,14 @@ func main() {
 	g.ProbeInterval, g.GossipInterval = *probe, *gint
 	g.ProbeTimeout = min(g.ProbeTimeout, *probe)
 	g.P2PConnLow, g.P2PConnHigh = *connLow, 2**connLow
-	if err := run(*nodes, *writes, *rate, *idle, *load, *durable, *ae, g); err != nil {
+	if err := run(*nodes, *writes, *rate, *idle, *load, *durable, *ae, g, *memnet); err != nil {
 		fmt.Fprintf(os.Stderr, "shoal-sim: %v\n", err)
 		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }
 
-func run(nodes, writes int, rate float64, idle, load time.Duration, durable bool, ae time.Duration, g gossip.Config) error {
+func run(nodes, writes int, rate float64, idle, load time.Duration, durable bool, ae time.Duration, g gossip.Config, memnet bool) error {
 	if nodes < 2 || writes < 1 || rate <= 0 {
 		return fmt.Errorf("need --nodes >= 2, --writes >= 1, --rate > 0")
 	}
@@ -69,6 +71,7 @@ func run(nodes, writes int, rate float64, idle, load time.Duration, durable bool
 		cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
 	cfg.Sync.AntiEntropyInterval = ae
+	cfg.MemoryNetwork = memnet
 	cfg.Progress = func(msg string) { fmt.Fprintf(os.Stderr, "%s %s\n", time.Now().Format("15:04:05"), msg) }
 	// Every node's data dir gets a real p2p identity; the key enables
 	// gossip encryption and the libp2p private network as in production.
@@ -150,5 +153,45 @@ func run(nodes, writes int, rate float64, idle, load time.Duration, durable bool
 	fmt.Printf("totals: anti-entropy rounds %d (in sync %d, failed %d), pushes %d (failed %d)\n", rounds, insync, fail, pushes, pushFail)
 	ss, gg = perNode(t2, t3, load)
 	fmt.Printf("under %.0f writes/s (%d B records): state sync %.0f B/node/s, gossip %.0f B/node/s\n", rate, len(body), ss, gg)
+	measurePlacement(s, nodes)
 	return nil
+}
+
+// measurePlacement crashes one node and compares the assignment computed
+// from a survivor's real membership view before and after, against the
+// ideal movement (the replicas the crashed node held).
+func measurePlacement(s *sim.Sim, nodes int) {
+	const replicasPerJob = 10
+	jobs := make([]placement.Job, nodes)
+	for i := range jobs {
+		jobs[i] = placement.Job{ID: fmt.Sprintf("job-%04d", i), Replicas: replicasPerJob, CPUMillis: 100, MemoryMB: 128}
+	}
+	observer := 0
+	before := placement.Assign(s.View(observer), jobs, placement.Options{})
+	victim := nodes - 1
+	victimName := s.Nodes[victim].Name
+	held := len(before.ByNode()[victimName])
+	s.Crash(victim)
+	start := time.Now()
+	for {
+		gone := true
+		for _, n := range s.View(observer) {
+			if n.Name == victimName {
+				gone = false
+			}
+		}
+		if gone {
+			break
+		}
+		if time.Since(start) > 2*time.Minute {
+			fmt.Println("placement: crashed node never seen failed")
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	after := placement.Assign(s.View(observer), jobs, placement.Options{})
+	moved := placement.Movement(before, after)
+	ideal := float64(len(jobs)*replicasPerJob) / float64(nodes)
+	fmt.Printf("placement: %d replicas over %d nodes; crash of %s seen failed after %s; moved %d (its own %d), %.2fx the ideal %.0f\n",
+		len(jobs)*replicasPerJob, nodes, victimName, time.Since(start).Round(time.Millisecond), moved, held, float64(moved)/ideal, ideal)
 }
