@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -165,4 +166,36 @@ func (c *Client) DeleteJob(ctx context.Context, id string) (DeleteResponse, erro
 	var r DeleteResponse
 	err := c.Do(ctx, http.MethodDelete, "/v1/jobs/"+url.PathEscape(id), nil, &r)
 	return r, err
+}
+
+// Logs streams a replica's log from whichever node runs it. With follow,
+// the stream stays open until ctx ends; the caller closes the reader.
+func (c *Client) Logs(ctx context.Context, id string, replica, tail int, follow bool) (io.ReadCloser, error) {
+	q := url.Values{}
+	q.Set("replica", strconv.Itoa(replica))
+	q.Set("tail", strconv.Itoa(tail))
+	q.Set("follow", strconv.FormatBool(follow))
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/v1/jobs/"+url.PathEscape(id)+"/logs?"+q.Encode(), nil)
+	if err != nil {
+		return nil, fmt.Errorf("build request: %w", err)
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	// No overall timeout: a followed log lasts as long as ctx.
+	streaming := &http.Client{Transport: c.http.Transport}
+	resp, err := streaming.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("GET logs of %s: %w", id, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		var e Error
+		if json.Unmarshal(raw, &e) != nil || e.Error == "" {
+			e.Error = strings.TrimSpace(string(raw))
+		}
+		return nil, &StatusError{Code: resp.StatusCode, Message: e.Error}
+	}
+	return resp.Body, nil
 }

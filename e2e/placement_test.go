@@ -2,7 +2,10 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"strings"
 	"testing"
 	"time"
 
@@ -137,4 +140,56 @@ func TestUnplaceableReplicasAreReportedWithAReason(t *testing.T) {
 		}
 		return false, fmt.Sprintf("%+v", st.Allocations)
 	})
+}
+
+func TestLogsOfAReplicaFromAnyNode(t *testing.T) {
+	c := startCluster(t, 3)
+	ctx := context.Background()
+	job := sleepJob("talk", 3)
+	job.Task.Command = []string{"/bin/sh", "-c", `echo "hello from $SHOAL_JOB-$SHOAL_REPLICA on $SHOAL_NODE"; i=0; while true; do i=$((i+1)); echo "tick $i"; sleep 0.2; done`}
+	if _, err := c.Nodes[0].Client().PutJob(ctx, job); err != nil {
+		t.Fatal(err)
+	}
+	Eventually(t, 30*time.Second, "3 replicas running", func() (bool, string) {
+		_, total, detail := runningByNode(c.Nodes[0], "talk")
+		return total == 3, detail
+	})
+	st, err := c.Nodes[0].Client().Job(ctx, "talk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, al := range st.Allocations {
+		// Ask a node that does not run this replica, so the log crosses a
+		// libp2p stream.
+		var asker *Node
+		for _, n := range c.Nodes {
+			if n.Name != al.Node {
+				asker = n
+			}
+		}
+		want := fmt.Sprintf("hello from talk-%d on %s", al.Replica, al.Node)
+		Eventually(t, 10*time.Second, "log of replica "+fmt.Sprint(al.Replica), func() (bool, string) {
+			out, err := asker.Shoal("logs", "talk", "--replica", fmt.Sprint(al.Replica), "--tail", "100000")
+			if err != nil {
+				return false, out
+			}
+			return strings.Contains(out, want), out
+		})
+	}
+	// Follow: new lines keep arriving over the stream.
+	fctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	rc, err := c.Nodes[2].Client().Logs(fctx, "talk", 1, 0, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(rc)
+	rc.Close()
+	if n := strings.Count(string(raw), "tick "); n < 3 {
+		t.Fatalf("followed log got %d new lines in 3s: %q", n, raw)
+	}
+	var se *api.StatusError
+	if _, err := c.Nodes[1].Client().Logs(ctx, "talk", 7, 10, false); !errors.As(err, &se) || se.Code != 404 {
+		t.Fatalf("missing replica: want 404, got %v", err)
+	}
 }

@@ -106,7 +106,8 @@ func TestStoppedNodeCatchesUpAndKeepsWhatItAcknowledged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = doomed
+	// n2 must have it before it can delete it.
+	waitJobEverywhere(t, []*Node{n1, n2}, "doomed", doomed.Version, 10*time.Second)
 	// While n3 is down: create some, delete one it had.
 	created, err := n1.Client().PutJob(ctx, webJob("while-down", 1))
 	if err != nil {

@@ -102,6 +102,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		return nil, fmt.Errorf("start exec driver: %w", err)
 	}
 	a.exec = execDriver
+	a.host.Handle(protocolLogs, a.serveLogs)
 	a.runner = execDriver
 	a.reconciler = newReconciler(a, a.runner, cfg.Reconcile)
 	a.metrics = newMetrics(a.cluster, a.sync, a.store)

@@ -57,6 +57,7 @@ func (a *Agent) routes() http.Handler {
 	r.handle("POST", "/v1/jobs", a.handlePutJob)
 	r.handle("GET", "/v1/jobs/{id}", a.handleGetJob)
 	r.handle("DELETE", "/v1/jobs/{id}", a.handleDeleteJob)
+	r.handle("GET", "/v1/jobs/{id}/logs", a.handleLogs)
 	return a.metrics.instrument(a.authenticate(r.mux))
 }
 

@@ -402,3 +402,7 @@ func closedChan() chan struct{} {
 	close(c)
 	return c
 }
+
+// LogPath is where task id's output goes; it stays after the task is
+// stopped, until the driver's state directory is removed.
+func (e *Exec) LogPath(id string) string { return e.logPath(id) }

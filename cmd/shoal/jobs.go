@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
@@ -263,4 +264,33 @@ func newInspectCmd(cf *clientFlags) *cobra.Command {
 			return printJSON(st)
 		},
 	}
+}
+
+func newLogsCmd(cf *clientFlags) *cobra.Command {
+	var (
+		replica, tail int
+		follow        bool
+	)
+	cmd := &cobra.Command{
+		Use:   "logs NAME",
+		Short: "Print a replica's output, from whichever node runs it",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
+			defer stop()
+			rc, err := cf.client().Logs(ctx, args[0], replica, tail, follow)
+			if err != nil {
+				return err
+			}
+			defer rc.Close()
+			if _, err := io.Copy(os.Stdout, rc); err != nil && ctx.Err() == nil {
+				return fmt.Errorf("read log: %w", err)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().IntVar(&replica, "replica", 0, "replica index")
+	cmd.Flags().IntVar(&tail, "tail", 100, "lines of history to print first")
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output")
+	return cmd
 }

@@ -75,6 +75,7 @@ func newRootCmd() *cobra.Command {
 		newPsCmd(cf),
 		newRmCmd(cf),
 		newInspectCmd(cf),
+		newLogsCmd(cf),
 		newKeygenCmd(),
 		newCleanupCmd(),
 	)

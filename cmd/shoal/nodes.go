@@ -1,16 +1,13 @@
 package main
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"os"
 	"sort"
 	"strings"
 	"text/tabwriter"
-	"time"
 
 	"github.com/spf13/cobra"
 )
@@ -22,16 +19,14 @@ func newNodesCmd(cf *clientFlags) *cobra.Command {
 		Short: "List cluster members as the agent sees them",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			ctx, cancel := timeout(cmd)
 			defer cancel()
 			nodes, err := cf.client().Nodes(ctx)
 			if err != nil {
 				return err
 			}
 			if asJSON {
-				enc := json.NewEncoder(os.Stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(nodes)
+				return printJSON(nodes)
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tADDR\tSTATUS\tHEALTH\tCPU\tMEMORY\tLOAD\tREPLICAS\tLABELS")
@@ -58,7 +53,7 @@ func newJoinCmd(cf *clientFlags) *cobra.Command {
 		Short: "Ask the agent to join other agents by gossip address",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			ctx, cancel := timeout(cmd)
 			defer cancel()
 			r, err := cf.client().Join(ctx, args)
 			if err != nil {
