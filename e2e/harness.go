@@ -10,7 +10,9 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -457,4 +459,56 @@ func (n *Node) KillMachine() {
 	if err := shoalrt.Cleanup(n.TaskNamespace()); err != nil {
 		n.c.t.Errorf("kill tasks of %s: %v", n.Name, err)
 	}
+}
+
+// Hello builds examples/hello once and returns its path, in a directory
+// the tasks' user (nobody) can read.
+var (
+	helloOnce sync.Once
+	helloBin  string
+	helloErr  error
+)
+
+func Hello(t *testing.T) string {
+	t.Helper()
+	helloOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "shoal-e2e-hello-")
+		if err != nil {
+			helloErr = err
+			return
+		}
+		if err := os.Chmod(dir, 0o755); err != nil {
+			helloErr = err
+			return
+		}
+		helloBin = filepath.Join(dir, "hello")
+		cmd := exec.Command("go", "build", "-o", helloBin, "./examples/hello")
+		cmd.Dir = ".."
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			helloErr = fmt.Errorf("build hello: %v\n%s", err, out)
+		}
+	})
+	if helloErr != nil {
+		t.Fatal(helloErr)
+	}
+	return helloBin
+}
+
+// TaskGet sends GET path to a task's port from inside the task's own
+// network namespace.
+func (n *Node) TaskGet(task string, port int, path string) (string, error) {
+	nsPath := "/run/netns/shoal-" + n.TaskNamespace() + "-" + task
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return shoalrt.DialInNetNS(ctx, nsPath, network, addr)
+		},
+	}}
+	resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d%s", port, path))
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	return string(raw), err
 }

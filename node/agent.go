@@ -36,6 +36,8 @@ type Agent struct {
 	jobsChanged chan struct{}
 	// endpointsChanged is signalled when a peer's endpoint records change.
 	endpointsChanged chan struct{}
+	// healthChanged is signalled when a local replica's health flips.
+	healthChanged chan struct{}
 
 	exec       *runtime.Exec
 	runner     TaskRunner
@@ -51,7 +53,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if err := os.MkdirAll(cfg.Gossip.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir %s: %w", cfg.Gossip.DataDir, err)
 	}
-	a := &Agent{cfg: cfg, log: log, jobsChanged: make(chan struct{}, 1), endpointsChanged: make(chan struct{}, 1)}
+	a := &Agent{cfg: cfg, log: log, jobsChanged: make(chan struct{}, 1), endpointsChanged: make(chan struct{}, 1), healthChanged: make(chan struct{}, 1)}
 
 	cpu, mem, err := machineCapacity()
 	if err != nil {

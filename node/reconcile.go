@@ -99,6 +99,8 @@ type reconciler struct {
 	moveSince map[string]time.Time // task id -> when it was assigned elsewhere
 	restarts  map[string]*restartState
 
+	health *prober
+
 	mu       sync.Mutex // guards snapshot
 	snapshot placement.Assignment
 }
@@ -110,7 +112,8 @@ type restartState struct {
 }
 
 func newReconciler(a *Agent, runner TaskRunner, cfg ReconcileConfig) *reconciler {
-	return &reconciler{a: a, runner: runner, cfg: cfg, moveSince: map[string]time.Time{}, restarts: map[string]*restartState{}}
+	return &reconciler{a: a, runner: runner, cfg: cfg, moveSince: map[string]time.Time{}, restarts: map[string]*restartState{},
+		health: newProber(a.healthChanged)}
 }
 
 // Unplaced returns the replicas of job that fit nowhere, from the last run.
@@ -129,6 +132,7 @@ func (r *reconciler) Unplaced(job string) []placement.Unplaced {
 func (r *reconciler) run(ctx context.Context) {
 	resync := time.NewTicker(r.cfg.Resync)
 	defer resync.Stop()
+	defer r.health.stopAll()
 	var debounce <-chan time.Time
 	for {
 		select {
@@ -143,6 +147,9 @@ func (r *reconciler) run(ctx context.Context) {
 			if len(r.moveSince) > 0 && debounce == nil {
 				debounce = time.After(r.cfg.Debounce)
 			}
+		case <-r.a.healthChanged:
+			// Publish health at once: load balancers act on it.
+			r.pass(ctx)
 		case <-debounce:
 			debounce = nil
 			r.pass(ctx)
@@ -332,6 +339,13 @@ func (r *reconciler) pass(ctx context.Context) {
 		r.a.log.Info("started replica", "task", id, "pid", st.PID)
 		published[id] = r.endpointFor(st, job, "")
 	}
+	keep := map[string]bool{}
+	for id, ep := range published {
+		if ep.State == StateRunning {
+			keep[id] = true
+		}
+	}
+	r.health.retain(keep)
 	r.publish(published)
 }
 
@@ -429,6 +443,16 @@ func (r *reconciler) endpointFor(t runtime.TaskStatus, job api.Job, msg string) 
 	}
 	if rs := r.restarts[t.ID]; rs != nil {
 		ep.Restarts = rs.attempts
+	}
+	if t.State == runtime.StateRunning && job.Health != nil {
+		r.health.ensure(t, job.Health)
+		if h := r.health.result(t.ID); h.known {
+			healthy := h.healthy
+			ep.Healthy = &healthy
+			if !healthy && ep.Message == "" {
+				ep.Message = "unhealthy: " + h.message
+			}
+		}
 	}
 	return ep
 }
