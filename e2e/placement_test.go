@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -191,5 +192,53 @@ func TestLogsOfAReplicaFromAnyNode(t *testing.T) {
 	var se *api.StatusError
 	if _, err := c.Nodes[1].Client().Logs(ctx, "talk", 7, 10, false); !errors.As(err, &se) || se.Code != 404 {
 		t.Fatalf("missing replica: want 404, got %v", err)
+	}
+}
+
+// taskPIDs returns, for each task network namespace of n, the pids in it,
+// so a test can tell whether tasks were restarted.
+func taskPIDs(t *testing.T, n *Node) map[string]string {
+	t.Helper()
+	out, err := exec.Command("sh", "-c", "for ns in $(ip netns list | awk '{print $1}' | grep '^shoal-"+n.TaskNamespace()+"-'); do echo \"$ns $(ip netns pids $ns | tr '\\n' ' ')\"; done").CombinedOutput()
+	if err != nil {
+		t.Fatalf("list task pids: %v %s", err, out)
+	}
+	pids := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 {
+			pids[f[0]] = strings.Join(f[1:], " ")
+		}
+	}
+	return pids
+}
+
+func TestRestartedAgentAdoptsItsReplicas(t *testing.T) {
+	c := startCluster(t, 2)
+	n1 := c.Nodes[0]
+	ctx := context.Background()
+	if _, err := n1.Client().PutJob(ctx, sleepJob("keep", 4)); err != nil {
+		t.Fatal(err)
+	}
+	Eventually(t, 30*time.Second, "4 running", func() (bool, string) {
+		_, total, detail := runningByNode(n1, "keep")
+		return total == 4, detail
+	})
+	before := taskPIDs(t, n1)
+	if len(before) == 0 {
+		t.Fatal("n1 runs no tasks")
+	}
+	for _, stop := range []func(){func() { n1.Kill() }, func() { _ = n1.Terminate() }} {
+		stop()
+		n1.Start()
+		// Give the agent a few reconcile rounds to (wrongly) restart things.
+		time.Sleep(5 * time.Second)
+		Eventually(t, 30*time.Second, "4 running after restart", func() (bool, string) {
+			_, total, detail := runningByNode(c.Nodes[1], "keep")
+			return total == 4, detail
+		})
+		after := taskPIDs(t, n1)
+		if fmt.Sprint(after) != fmt.Sprint(before) {
+			t.Fatalf("tasks changed across an agent restart:\nbefore %v\nafter  %v", before, after)
+		}
 	}
 }
