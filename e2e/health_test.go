@@ -67,6 +67,10 @@ func TestUnhealthyReplicaIsReportedWithinOneInterval(t *testing.T) {
 	if err != nil || !strings.Contains(out, "hello from hello-0") {
 		t.Fatalf("replica 0 answers %q, %v", out, err)
 	}
+	// The replica's cgroup usage is in its node's metrics.
+	if mem := metricSum(t, ownerNode, `shoal_replica_memory_bytes{job="hello",replica="0"}`); mem <= 0 {
+		t.Errorf("replica memory in metrics = %v, want > 0", mem)
+	}
 	if _, err := ownerNode.TaskGet("hello-0", 8080, "/sick"); err != nil {
 		t.Fatal(err)
 	}

@@ -108,6 +108,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	a.runner = execDriver
 	a.reconciler = newReconciler(a, a.runner, cfg.Reconcile)
 	a.metrics = newMetrics(a.cluster, a.sync, a.store)
+	a.metrics.reg.MustRegister(&replicaCollector{a: a})
 
 	a.ln, err = net.Listen("tcp", cfg.APIAddr)
 	if err != nil {

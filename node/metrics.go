@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"net/http"
 	"strconv"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/shoalmesh/shoal/gossip"
+	"github.com/shoalmesh/shoal/runtime"
 	"github.com/shoalmesh/shoal/state"
 )
 
@@ -196,4 +198,38 @@ func (sc *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	stats := sc.store.Stats()
 	ch <- prometheus.MustNewConstMetric(storeRecsDesc, prometheus.GaugeValue, float64(stats.Live), "live")
 	ch <- prometheus.MustNewConstMetric(storeRecsDesc, prometheus.GaugeValue, float64(stats.Tombstones), "tombstone")
+}
+
+// replicaCollector reads each local replica's cgroup usage at scrape time.
+type replicaCollector struct{ a *Agent }
+
+var (
+	replicaCPUDesc = prometheus.NewDesc("shoal_replica_cpu_seconds_total", "CPU time used by a local replica's cgroup.", []string{"job", "replica"}, nil)
+	replicaMemDesc = prometheus.NewDesc("shoal_replica_memory_bytes", "Memory used by a local replica's cgroup.", []string{"job", "replica"}, nil)
+)
+
+func (rc *replicaCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- replicaCPUDesc
+	ch <- replicaMemDesc
+}
+
+func (rc *replicaCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	tasks, err := rc.a.exec.List(ctx)
+	if err != nil {
+		return
+	}
+	for _, t := range tasks {
+		if t.State != runtime.StateRunning {
+			continue
+		}
+		cpu, mem, err := rc.a.exec.Stats(ctx, t.ID)
+		if err != nil {
+			continue
+		}
+		replica := strconv.Itoa(t.Replica)
+		ch <- prometheus.MustNewConstMetric(replicaCPUDesc, prometheus.CounterValue, float64(cpu)/1e9, t.Job, replica)
+		ch <- prometheus.MustNewConstMetric(replicaMemDesc, prometheus.GaugeValue, float64(mem), t.Job, replica)
+	}
 }
