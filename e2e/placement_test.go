@@ -242,3 +242,47 @@ func TestRestartedAgentAdoptsItsReplicas(t *testing.T) {
 		}
 	}
 }
+
+func TestDrainHandsReplicasOverBeforeLeaving(t *testing.T) {
+	c := startCluster(t, 3, WithArgs("--drain"))
+	n1, n3 := c.Nodes[0], c.Nodes[2]
+	ctx := context.Background()
+	if _, err := n1.Client().PutJob(ctx, sleepJob("moving", 6)); err != nil {
+		t.Fatal(err)
+	}
+	Eventually(t, 30*time.Second, "6 running on 3 nodes", func() (bool, string) {
+		per, total, detail := runningByNode(n1, "moving")
+		return total == 6 && per["n3"] > 0, detail
+	})
+	done := make(chan error, 1)
+	go func() { done <- n3.Terminate() }()
+	minRunning := 6
+	start := time.Now()
+	for finished := false; !finished; {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("draining agent exited with %v", err)
+			}
+			finished = true
+		case <-time.After(50 * time.Millisecond):
+			if _, total, _ := runningByNode(n1, "moving"); total < minRunning {
+				minRunning = total
+			}
+		}
+	}
+	t.Logf("MEASURE drain_of_2_replicas=%s", time.Since(start).Round(time.Millisecond))
+	if minRunning < 6 {
+		t.Errorf("running replicas dipped to %d during the drain", minRunning)
+	}
+	if pids := taskPIDs(t, n3); len(pids) != 0 {
+		t.Fatalf("drained node still has tasks: %v", pids)
+	}
+	per, total, detail := runningByNode(n1, "moving")
+	if total != 6 || per["n3"] != 0 {
+		t.Fatalf("after drain: %v (%s)", per, detail)
+	}
+	if !strings.Contains(n3.Log(), "drained") {
+		t.Error("agent did not log the end of its drain")
+	}
+}

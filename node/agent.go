@@ -137,7 +137,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- a.server.Serve(a.ln) }()
 
-	loopCtx, stopLoops := context.WithCancel(ctx)
+	// Loops outlive ctx so a drain can still place, start and stop.
+	loopCtx, stopLoops := context.WithCancel(context.Background())
 	defer stopLoops()
 	const loops = 5
 	loopsDone := make(chan struct{}, loops)
@@ -154,6 +155,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		if !errors.Is(err, http.ErrServerClosed) {
 			runErr = fmt.Errorf("serve API: %w", err)
 		}
+	}
+	if a.cfg.Drain && runErr == nil {
+		a.drain()
 	}
 	stopLoops()
 	for range loops {
@@ -273,4 +277,46 @@ func (a *Agent) onPeerRecords(recs []state.Record) {
 			}
 		}
 	}
+}
+
+// drain hands this node's replicas to the others before it leaves: it
+// marks itself draining in gossip, so every node's placement (its own
+// included) moves the replicas away and the usual make-before-break stops
+// each local copy once its new owner runs it; what is left at the deadline
+// is stopped.
+func (a *Agent) drain() {
+	a.log.Info("draining: handing replicas to other nodes")
+	if err := a.cluster.UpdateMeta(func(m *gossip.Meta) { m.Health = gossip.HealthDrain }); err != nil {
+		a.log.Warn("announce drain", "err", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.Reconcile.HandoffTimeout+15*time.Second)
+	defer cancel()
+	for {
+		tasks, err := a.exec.List(ctx)
+		running := 0
+		for _, t := range tasks {
+			if t.State == runtime.StateRunning {
+				running++
+			}
+		}
+		if err == nil && running == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			a.log.Warn("drain deadline reached; stopping the remaining replicas", "running", running)
+		case <-time.After(200 * time.Millisecond):
+			continue
+		}
+		break
+	}
+	stopCtx, stopCancel := context.WithTimeout(context.Background(), time.Minute)
+	defer stopCancel()
+	tasks, _ := a.exec.List(stopCtx)
+	for _, t := range tasks {
+		if err := a.exec.Stop(stopCtx, t.ID); err != nil {
+			a.log.Warn("stop replica while draining", "task", t.ID, "err", err)
+		}
+	}
+	a.log.Info("drained")
 }

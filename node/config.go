@@ -41,6 +41,10 @@ type Config struct {
 	ContainerdNamespace string
 	// LoadInterval is how often load tags are refreshed.
 	LoadInterval time.Duration
+	// Drain, on shutdown, hands every local replica to other nodes (make
+	// before break) and stops it, instead of leaving replicas running for
+	// a restarted agent to adopt.
+	Drain bool
 	// Reconcile tunes placement and the reconcile loop.
 	Reconcile ReconcileConfig
 	// Sync tunes state dissemination (push fanout, anti-entropy).

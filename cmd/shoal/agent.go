@@ -89,6 +89,7 @@ with 'shoal keygen' and give the same values to every agent.`,
 	f.StringVar(&cfg.APIAddr, "api", cfg.APIAddr, "HTTP API listen address")
 	f.StringVar(&gossipKey, "gossip-key", os.Getenv("SHOAL_GOSSIP_KEY"), "base64 AES key (16/24/32 bytes) shared by all agents (env SHOAL_GOSSIP_KEY)")
 	f.StringVar(&cfg.APIToken, "api-token", os.Getenv("SHOAL_API_TOKEN"), "bearer token the API requires (env SHOAL_API_TOKEN)")
+	f.BoolVar(&cfg.Drain, "drain", false, "on SIGTERM/SIGINT, move every replica to other nodes and stop it before leaving (default: leave replicas running for the restarted agent to adopt)")
 	f.BoolVar(&cfg.Dev, "dev", false, "allow running without gossip key and API token (local testing only)")
 	f.StringVar(&cfg.Containerd, "containerd", cfg.Containerd, "containerd socket")
 	f.StringVar(&cfg.ContainerdNamespace, "containerd-namespace", cfg.ContainerdNamespace, "containerd namespace for this agent's containers")
