@@ -5,7 +5,7 @@ BIN     := bin/shoal
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 export PATH := $(PATH):/usr/local/go/bin
 
-FUZZTIME ?= 4s
+FUZZTIME ?= 30000x
 
 .PHONY: build test unit e2e fuzz bench lint demo demo-down deps clean
 
@@ -20,7 +20,7 @@ fuzz: ## run every fuzz target for FUZZTIME (decoders of peer messages, job pars
 	@set -e; for t in api:FuzzParseJob api:FuzzValidateJob state:FuzzDecodeRecords state:FuzzDecodeDigest gossip:FuzzReadRecordFrames; do \
 		pkg=$${t%%:*}; fn=$${t#*:}; \
 		echo "fuzz $$fn ($$pkg, $(FUZZTIME))"; \
-		$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./$$pkg >/tmp/shoal-fuzz.log 2>&1 || { cat /tmp/shoal-fuzz.log; exit 1; }; \
+		$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 200x ./$$pkg >/tmp/shoal-fuzz.log 2>&1 || { cat /tmp/shoal-fuzz.log; exit 1; }; \
 	done
 
 unit: ## tests that need neither root nor namespaces

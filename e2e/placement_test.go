@@ -286,3 +286,32 @@ func TestDrainHandsReplicasOverBeforeLeaving(t *testing.T) {
 		t.Error("agent did not log the end of its drain")
 	}
 }
+
+func TestCrashLoopBacksOffAndGivesUp(t *testing.T) {
+	c := startCluster(t, 1)
+	n := c.Nodes[0]
+	ctx := context.Background()
+	job := sleepJob("crashy", 1)
+	job.Task.Command = []string{"/bin/sh", "-c", "echo starting; exit 3"}
+	job.Restart = &api.RestartPolicy{Policy: "always", MaxAttempts: 3, Backoff: api.Duration(200 * time.Millisecond), MaxBackoff: api.Duration(time.Second)}
+	if _, err := n.Client().PutJob(ctx, job); err != nil {
+		t.Fatal(err)
+	}
+	Eventually(t, 30*time.Second, "crash loop gives up", func() (bool, string) {
+		st, err := n.Client().Job(ctx, "crashy")
+		if err != nil || len(st.Allocations) != 1 {
+			return false, fmt.Sprintf("%+v %v", st.Allocations, err)
+		}
+		a := st.Allocations[0]
+		ok := a.State == "failed" && a.Restarts == 3 && a.ExitCode != nil && *a.ExitCode == 3 && strings.Contains(a.Message, "gave up after 3 restarts")
+		return ok, fmt.Sprintf("%+v", a)
+	})
+	// It started exactly 1 + 3 times.
+	out, err := n.Shoal("logs", "crashy", "--tail", "100")
+	if err != nil {
+		t.Fatal(out)
+	}
+	if got := strings.Count(out, "starting"); got != 4 {
+		t.Fatalf("task started %d times, want 4 (1 + 3 restarts):\n%s", got, out)
+	}
+}

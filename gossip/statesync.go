@@ -41,7 +41,9 @@ const (
 	// maxSyncRecords bounds how many records one anti-entropy exchange
 	// accepts, so a hostile peer cannot exhaust memory.
 	maxSyncRecords = 1 << 20
-	inSync         = 0x00
+	// maxSyncBytes bounds the bytes of records one exchange accepts.
+	maxSyncBytes = 256 << 20
+	inSync       = 0x00
 )
 
 // ErrFrameTooLarge is returned for a frame over MaxFrame.
@@ -505,6 +507,7 @@ func writeRecordFrames(w io.Writer, recs []state.Record) error {
 // readRecordFrames reads record frames until the empty frame.
 func readRecordFrames(r io.Reader, limit int) ([]state.Record, error) {
 	var out []state.Record
+	total := 0
 	for {
 		f, err := readFrame(r)
 		if err != nil {
@@ -512,6 +515,9 @@ func readRecordFrames(r io.Reader, limit int) ([]state.Record, error) {
 		}
 		if len(f) == 0 {
 			return out, nil
+		}
+		if total += len(f); total > maxSyncBytes {
+			return nil, fmt.Errorf("more than %d bytes of records: %w", maxSyncBytes, ErrFrameTooLarge)
 		}
 		recs, err := state.DecodeRecords(f, MaxFrame)
 		if err != nil {

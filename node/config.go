@@ -97,6 +97,9 @@ func (c Config) Validate() error {
 	if c.LoadInterval <= 0 {
 		return errors.New("load interval: must be > 0")
 	}
+	if c.Reconcile.Debounce <= 0 || c.Reconcile.Resync <= 0 || c.Reconcile.HandoffTimeout <= 0 {
+		return errors.New("reconcile: debounce, resync and handoff timeout must be > 0")
+	}
 	if c.TombstoneTTL <= 0 {
 		return errors.New("tombstone ttl: must be > 0")
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/shoalmesh/shoal/gossip"
+	"github.com/shoalmesh/shoal/runtime"
 )
 
 // protocolLogs streams a replica's log from the node that runs it.
@@ -113,12 +114,13 @@ func (a *Agent) handleLogs(w http.ResponseWriter, r *http.Request) {
 	_ = st.CloseWrite()
 	// The first line is the remote's status: "ok" or an error.
 	br := bufio.NewReader(st)
-	status, err := br.ReadString('\n')
+	// ReadSlice bounds the status line by the reader's buffer.
+	line, err := br.ReadSlice('\n')
 	if err != nil {
 		writeError(w, http.StatusBadGateway, "read log from %s: %v", owner, err)
 		return
 	}
-	if status != "ok\n" {
+	if status := string(line); status != "ok\n" {
 		writeError(w, http.StatusNotFound, "log of %s on %s: %s", req.Task, owner, status[:len(status)-1])
 		return
 	}
@@ -149,6 +151,10 @@ func (a *Agent) replicaNode(job string, replica int) string {
 }
 
 func (a *Agent) openLog(task string) (*os.File, error) {
+	// The task id comes from a peer: it must be an id, never a path.
+	if err := runtime.ValidateTaskID(task); err != nil {
+		return nil, err
+	}
 	f, err := os.Open(a.exec.LogPath(task))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, errors.New("no log on this node")

@@ -109,7 +109,14 @@ type restartState struct {
 	attempts int
 	next     time.Time
 	exitCode int
+	// lastFinished identifies the exit already counted.
+	lastFinished time.Time
+	counted      bool
 }
+
+// stableAfter is how long a replica must stay up for its crash count and
+// backoff to reset.
+const stableAfter = 10 * time.Minute
 
 func newReconciler(a *Agent, runner TaskRunner, cfg ReconcileConfig) *reconciler {
 	return &reconciler{a: a, runner: runner, cfg: cfg, moveSince: map[string]time.Time{}, restarts: map[string]*restartState{},
@@ -264,6 +271,8 @@ func (r *reconciler) pass(ctx context.Context) {
 		_, want := desired[id]
 		switch {
 		case want && t.SpecHash == specHash(job):
+			// Placed back here (or never moved): no handoff pending.
+			delete(r.moveSince, id)
 			continue
 		case want:
 			r.a.log.Info("replacing replica with changed spec", "task", id)
@@ -281,7 +290,11 @@ func (r *reconciler) pass(ctx context.Context) {
 					since = time.Now()
 					r.moveSince[id] = since
 				}
-				ready := peers[id][owner].State == StateRunning && alive[owner]
+				// The new copy must run the current spec and, when the job
+				// has a health check, pass it before the old one stops.
+				ep, has := peers[id][owner]
+				ready := has && alive[owner] && ep.State == StateRunning && ep.SpecHash == specHash(job) &&
+					(job.Health == nil || (ep.Healthy != nil && *ep.Healthy))
 				if !ready && time.Since(since) < r.cfg.HandoffTimeout {
 					published[id] = r.endpointFor(t, job, "moving to "+owner)
 					continue
@@ -295,8 +308,12 @@ func (r *reconciler) pass(ctx context.Context) {
 			continue
 		}
 		delete(actual, id)
-		if !want {
-			delete(r.restarts, id)
+		// A new spec or a new home starts with a clean restart history.
+		delete(r.restarts, id)
+	}
+	for id := range r.moveSince {
+		if _, still := actual[id]; !still {
+			delete(r.moveSince, id)
 		}
 	}
 
@@ -305,7 +322,10 @@ func (r *reconciler) pass(ctx context.Context) {
 		job := jobs[rep.Job]
 		t, exists := actual[id]
 		if exists && t.State == runtime.StateRunning {
-			delete(r.restarts, id+"#ok")
+			// A replica that has stayed up long enough forgets its crashes.
+			if rs := r.restarts[id]; rs != nil && !t.StartedAt.IsZero() && time.Since(t.StartedAt) > stableAfter {
+				delete(r.restarts, id)
+			}
 			published[id] = r.endpointFor(t, job, "")
 			continue
 		}
@@ -360,23 +380,29 @@ func (r *reconciler) exited(t runtime.TaskStatus, job api.Job) (Endpoint, bool) 
 	ep := r.endpointFor(t, job, "")
 	code := t.ExitCode
 	ep.ExitCode = &code
-	rs := r.restarts[t.ID]
-	switch {
-	case policy == "never", policy == "on_failure" && code == 0:
+	if policy == "never" || policy == "on_failure" && code == 0 {
 		if code == 0 {
 			ep.State = StateCompleted
 		} else {
 			ep.State = StateFailed
 		}
 		return ep, true
-	case maxAttempts > 0 && rs != nil && rs.attempts >= maxAttempts:
-		ep.State = StateFailed
-		ep.Restarts = rs.attempts
-		ep.Message = fmt.Sprintf("gave up after %d restarts (last exit code %d)", rs.attempts, code)
-		return ep, true
 	}
-	if rs == nil || rs.next.IsZero() || rs.exitCode != code || time.Now().After(rs.next.Add(time.Hour)) {
+	// Count each exit once: the same exited task is seen on every pass
+	// until its backoff ends.
+	rs := r.restarts[t.ID]
+	if rs == nil || !rs.counted || !t.FinishedAt.Equal(rs.lastFinished) {
 		r.noteExit(t.ID, job, code)
+		rs = r.restarts[t.ID]
+		rs.counted, rs.lastFinished = true, t.FinishedAt
+	}
+	// attempts counts exits; the first run plus MaxAttempts restarts may
+	// each exit before the replica is given up.
+	if maxAttempts > 0 && rs.attempts > maxAttempts {
+		ep.State = StateFailed
+		ep.Restarts = rs.attempts - 1
+		ep.Message = fmt.Sprintf("gave up after %d restarts (last exit code %d)", rs.attempts-1, code)
+		return ep, true
 	}
 	return ep, false
 }
@@ -463,7 +489,12 @@ func (r *reconciler) publish(eps map[string]Endpoint) {
 	self := r.a.cfg.Gossip.NodeName
 	mine := map[string]state.Record{}
 	for _, rec := range r.a.store.List(kindEndpoint) {
-		if strings.HasSuffix(rec.ID, "."+self) {
+		if !strings.HasSuffix(rec.ID, "."+self) {
+			continue
+		}
+		// Names may contain dots: the body says whose record it is.
+		var ep Endpoint
+		if json.Unmarshal(rec.Body, &ep) == nil && ep.Node == self {
 			mine[rec.ID] = rec
 		}
 	}
