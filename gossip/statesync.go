@@ -97,7 +97,9 @@ type StateSync struct {
 	onChange func([]state.Record)
 
 	queue chan pushItem
-	wg    sync.WaitGroup
+	// busy is set while the push loop holds dequeued records.
+	busy atomic.Bool
+	wg   sync.WaitGroup
 }
 
 type pushItem struct {
@@ -193,6 +195,7 @@ func (s *StateSync) pushLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case item = <-s.queue:
+			s.busy.Store(true)
 		}
 		// Batch what else is waiting for the same audience.
 	drain:
@@ -210,7 +213,22 @@ func (s *StateSync) pushLoop(ctx context.Context) {
 			}
 		}
 		s.send(ctx, item)
+		s.busy.Store(false)
 	}
+}
+
+// Flush waits until every queued push has been sent, then runs one
+// anti-entropy round, so that writes acknowledged just before a shutdown
+// reach a peer. Run must still be running.
+func (s *StateSync) Flush(ctx context.Context) error {
+	for len(s.queue) > 0 || s.busy.Load() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("flush state pushes: %w", ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return s.SyncNow(ctx)
 }
 
 func (s *StateSync) send(ctx context.Context, item pushItem) {

@@ -159,6 +159,18 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.cfg.Drain && runErr == nil {
 		a.drain()
 	}
+	// Stop taking writes, then make sure the last acknowledged ones have
+	// left this node before the sync loops stop.
+	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := a.server.Shutdown(shutCtx); err != nil {
+		a.log.Warn("shut down API", "err", err)
+	}
+	flushCtx, flushCancel := context.WithTimeout(context.Background(), 5*time.Second)
+	if err := a.sync.Flush(flushCtx); err != nil {
+		a.log.Warn("flush state to peers", "err", err)
+	}
+	flushCancel()
 	stopLoops()
 	for range loops {
 		<-loopsDone
@@ -176,11 +188,6 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Warn("graceful leave timed out", "timeout", a.cfg.LeaveTimeout)
 	}
 
-	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := a.server.Shutdown(shutCtx); err != nil {
-		a.log.Warn("shut down API", "err", err)
-	}
 	if err := a.cluster.Shutdown(); err != nil {
 		a.log.Warn("shut down membership", "err", err)
 	}
