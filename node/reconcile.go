@@ -303,7 +303,7 @@ func (r *reconciler) pass(ctx context.Context) {
 			}
 		}
 		delete(r.moveSince, id)
-		if err := r.runner.Stop(tctx, id); err != nil {
+		if err := r.stopTask(ctx, id); err != nil {
 			r.a.log.Warn("stop replica", "task", id, "err", err)
 			continue
 		}
@@ -342,14 +342,19 @@ func (r *reconciler) pass(ctx context.Context) {
 			continue
 		}
 		if exists {
-			_ = r.runner.Stop(tctx, id) // clean the exited task before starting anew
+			_ = r.stopTask(ctx, id) // clean the exited task before starting anew
 		}
 		spec, err := r.taskSpec(job, rep)
 		if err != nil {
 			published[id] = Endpoint{Job: rep.Job, Replica: rep.Index, Node: self, State: StateFailed, Message: err.Error()}
 			continue
 		}
-		st, err := r.runner.Start(tctx, spec)
+		sctx, scancel := context.WithTimeout(ctx, taskCallTimeout)
+		st, err := r.runner.Start(sctx, spec)
+		scancel()
+		if err != nil && ctx.Err() != nil {
+			return // shutting down: not the task's fault
+		}
 		if err != nil {
 			r.a.log.Warn("start replica", "task", id, "err", err)
 			published[id] = Endpoint{Job: rep.Job, Replica: rep.Index, Node: self, State: StateFailed, Message: err.Error()}
@@ -367,6 +372,17 @@ func (r *reconciler) pass(ctx context.Context) {
 	}
 	r.health.retain(keep)
 	r.publish(published)
+}
+
+// taskCallTimeout bounds one Start or Stop (a stop waits out the task's
+// grace period); each call gets its own, so replacing many replicas in one
+// pass does not starve the last ones.
+const taskCallTimeout = 30 * time.Second
+
+func (r *reconciler) stopTask(ctx context.Context, id string) error {
+	sctx, cancel := context.WithTimeout(ctx, taskCallTimeout)
+	defer cancel()
+	return r.runner.Stop(sctx, id)
 }
 
 // exited decides what an exited task means under the job's restart policy.
