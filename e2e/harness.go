@@ -16,15 +16,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/vishvananda/netns"
 
 	"github.com/shoalmesh/shoal/api"
 	shoalrt "github.com/shoalmesh/shoal/runtime"
@@ -329,34 +326,10 @@ func (n *Node) Shoal(args ...string) (string, error) {
 }
 
 // DialInNamespace returns a dialer whose sockets are created in the named
-// network namespace. The dialling goroutine locks its thread, switches it
-// and never switches back: the runtime discards the thread when the
-// goroutine ends, so no other goroutine ever runs in that namespace.
+// network namespace.
 func DialInNamespace(name string) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		type result struct {
-			conn net.Conn
-			err  error
-		}
-		ch := make(chan result, 1)
-		go func() {
-			runtime.LockOSThread()
-			ns, err := netns.GetFromName(name)
-			if err != nil {
-				ch <- result{nil, fmt.Errorf("open namespace %s: %w", name, err)}
-				return
-			}
-			defer ns.Close()
-			if err := netns.Set(ns); err != nil {
-				ch <- result{nil, fmt.Errorf("enter namespace %s: %w", name, err)}
-				return
-			}
-			var d net.Dialer
-			conn, err := d.DialContext(ctx, network, addr)
-			ch <- result{conn, err}
-		}()
-		r := <-ch
-		return r.conn, r.err
+		return shoalrt.DialInNetNS(ctx, "/run/netns/"+name, network, addr)
 	}
 }
 

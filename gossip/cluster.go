@@ -194,7 +194,7 @@ func (c *Cluster) Join(ctx context.Context, addrs []string) (int, error) {
 	case r := <-ch:
 		if r.n == 0 {
 			if r.err == nil {
-				r.err = ErrJoin
+				return 0, fmt.Errorf("join %v: %w", norm, ErrJoin)
 			}
 			return 0, fmt.Errorf("join %v: %s", norm, flattenError(r.err))
 		}

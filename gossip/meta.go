@@ -9,18 +9,17 @@ import (
 // Tag keys are short because memberlist caps a member's metadata at 512
 // bytes for the whole encoded map.
 const (
-	tagPeerID    = "id"
-	tagP2PPort   = "pp"
-	tagCPU       = "cpu"
-	tagMemory    = "mem"
-	tagLoadCPU   = "lc"
-	tagLoadMem   = "lm"
-	tagReplicas  = "lr"
-	tagHealth    = "h"
-	labelPrefix  = "l."
-	HealthOK     = "ok"
-	HealthDrain  = "draining"
-	HealthFailed = "degraded"
+	tagPeerID   = "id"
+	tagP2PPort  = "pp"
+	tagCPU      = "cpu"
+	tagMemory   = "mem"
+	tagLoadCPU  = "lc"
+	tagLoadMem  = "lm"
+	tagReplicas = "lr"
+	tagHealth   = "h"
+	labelPrefix = "l."
+	HealthOK    = "ok"
+	HealthDrain = "draining"
 )
 
 // Capacity is what a node offers to placement.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/shoalmesh/shoal/api"
 	"github.com/shoalmesh/shoal/gossip"
+	"github.com/shoalmesh/shoal/placement"
 	"github.com/shoalmesh/shoal/state"
 )
 
@@ -37,29 +38,39 @@ func jobFromRecord(r state.Record) (api.Job, error) {
 	return j, nil
 }
 
-func (a *Agent) jobStatus(r state.Record) (api.JobStatus, error) {
+func (a *Agent) jobStatus(r state.Record, allocs map[string][]api.Allocation) (api.JobStatus, error) {
 	j, err := jobFromRecord(r)
 	if err != nil {
 		return api.JobStatus{}, err
 	}
-	return api.JobStatus{Job: j, Allocations: a.allocations(j.ID)}, nil
+	al := allocs[j.ID]
+	if al == nil {
+		al = []api.Allocation{}
+	}
+	return api.JobStatus{Job: j, Allocations: al}, nil
 }
 
 // allocations are the job's replicas as their nodes report them, plus the
 // replicas placement could not place. Records of nodes that are not alive
 // are reported as lost until the replica runs elsewhere.
 func (a *Agent) allocations(job string) []api.Allocation {
+	return a.allocationsByJob(job)[job]
+}
+
+// allocationsByJob reads the endpoint records once and groups them by job;
+// with only set, other jobs are skipped.
+func (a *Agent) allocationsByJob(only string) map[string][]api.Allocation {
 	alive := map[string]bool{}
 	for _, m := range a.cluster.Members() {
 		alive[m.Name] = m.Status == gossip.StatusAlive
 	}
-	out := []api.Allocation{}
+	byJob := map[string][]api.Allocation{}
 	for _, rec := range a.store.List(kindEndpoint) {
-		if !strings.HasPrefix(rec.ID, job+".") {
+		if only != "" && !strings.HasPrefix(rec.ID, only+".") {
 			continue
 		}
 		var ep Endpoint
-		if json.Unmarshal(rec.Body, &ep) != nil || ep.Job != job {
+		if json.Unmarshal(rec.Body, &ep) != nil || (only != "" && ep.Job != only) {
 			continue
 		}
 		al := api.Allocation{Replica: ep.Replica, Node: ep.Node, State: ep.State, IP: ep.IP, Healthy: ep.Healthy,
@@ -67,9 +78,24 @@ func (a *Agent) allocations(job string) []api.Allocation {
 		if !alive[ep.Node] {
 			al.State, al.Message = "lost", "node "+ep.Node+" is not alive"
 		}
-		out = append(out, al)
+		byJob[ep.Job] = append(byJob[ep.Job], al)
 	}
-	// A lost copy is noise once the replica runs on an alive node.
+	var unplaced []placement.Unplaced
+	if a.reconciler != nil {
+		unplaced = a.reconciler.Unplaced(only)
+	}
+	for _, u := range unplaced {
+		byJob[u.Job] = append(byJob[u.Job], api.Allocation{Replica: u.Replica, State: "unplaced", Message: u.Reason})
+	}
+	for job, out := range byJob {
+		byJob[job] = tidyAllocations(out)
+	}
+	return byJob
+}
+
+// tidyAllocations drops lost copies of replicas that run on an alive node
+// (noise once the replica has moved) and sorts by replica, then node.
+func tidyAllocations(out []api.Allocation) []api.Allocation {
 	runningElsewhere := map[int]bool{}
 	for _, al := range out {
 		if al.State == StateRunning {
@@ -83,19 +109,13 @@ func (a *Agent) allocations(job string) []api.Allocation {
 		}
 		kept = append(kept, al)
 	}
-	out = kept
-	if a.reconciler != nil {
-		for _, u := range a.reconciler.Unplaced(job) {
-			out = append(out, api.Allocation{Replica: u.Replica, State: "unplaced", Message: u.Reason})
+	sort.Slice(kept, func(i, j int) bool {
+		if kept[i].Replica != kept[j].Replica {
+			return kept[i].Replica < kept[j].Replica
 		}
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Replica != out[j].Replica {
-			return out[i].Replica < out[j].Replica
-		}
-		return out[i].Node < out[j].Node
+		return kept[i].Node < kept[j].Node
 	})
-	return out
+	return kept
 }
 
 func (a *Agent) handlePutJob(w http.ResponseWriter, r *http.Request) {
@@ -152,7 +172,7 @@ func (a *Agent) handlePutJob(w http.ResponseWriter, r *http.Request) {
 	// Durable here; now tell the peers.
 	a.sync.Publish([]state.Record{rec})
 	a.notifyJobs()
-	st, err := a.jobStatus(rec)
+	st, err := a.jobStatus(rec, a.allocationsByJob(rec.ID))
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, "%v", err)
 		return
@@ -166,9 +186,10 @@ func (a *Agent) handlePutJob(w http.ResponseWriter, r *http.Request) {
 
 func (a *Agent) handleListJobs(w http.ResponseWriter, _ *http.Request) {
 	recs := a.store.List(kindJob)
+	allocs := a.allocationsByJob("")
 	out := make([]api.JobStatus, 0, len(recs))
 	for _, rec := range recs {
-		st, err := a.jobStatus(rec)
+		st, err := a.jobStatus(rec, allocs)
 		if err != nil {
 			a.log.Warn("skip undecodable job", "err", err)
 			continue
@@ -199,7 +220,7 @@ func (a *Agent) handleGetJob(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "job %q not found", id)
 		return
 	}
-	st, err := a.jobStatus(rec)
+	st, err := a.jobStatus(rec, a.allocationsByJob(rec.ID))
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, "%v", err)
 		return

@@ -30,7 +30,6 @@ const (
 	StateRunning   = "running"
 	StateFailed    = "failed"
 	StateCompleted = "completed"
-	StateStopped   = "stopped"
 )
 
 // TaskRunner is what the reconcile loop needs of a runtime driver.
@@ -123,13 +122,14 @@ func newReconciler(a *Agent, runner TaskRunner, cfg ReconcileConfig) *reconciler
 		health: newProber(a.healthChanged)}
 }
 
-// Unplaced returns the replicas of job that fit nowhere, from the last run.
+// Unplaced returns the replicas of job ("" for every job) that fit
+// nowhere, from the last run.
 func (r *reconciler) Unplaced(job string) []placement.Unplaced {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var out []placement.Unplaced
 	for _, u := range r.snapshot.Unplaced {
-		if u.Job == job {
+		if job == "" || u.Job == job {
 			out = append(out, u)
 		}
 	}
@@ -206,7 +206,7 @@ func (r *reconciler) jobs() (map[string]api.Job, []placement.Job) {
 	return byID, out
 }
 
-// endpoints returns every endpoint record by (job, replica) -> node -> endpoint.
+// peerEndpoints returns every endpoint record by task id -> node -> endpoint.
 func (r *reconciler) peerEndpoints() map[string]map[string]Endpoint {
 	out := map[string]map[string]Endpoint{}
 	for _, rec := range r.a.store.List(kindEndpoint) {

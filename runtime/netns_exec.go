@@ -11,72 +11,61 @@ import (
 	"github.com/vishvananda/netns"
 )
 
-// DialInNetNS opens a connection from inside the network namespace at
-// nsPath (a task's NetNS), e.g. to probe a port the task listens on only
-// there. The dialling goroutine locks its thread, switches it and never
-// switches back: the runtime discards the thread when the goroutine ends.
-func DialInNetNS(ctx context.Context, nsPath, network, addr string) (net.Conn, error) {
-	type result struct {
-		conn net.Conn
-		err  error
-	}
-	ch := make(chan result, 1)
+// inNetNS runs fn on a fresh goroutine whose OS thread is switched into the
+// network namespace at nsPath. The thread is never switched back or
+// unlocked: the Go runtime discards it when the goroutine ends, so no other
+// goroutine ever runs in that namespace.
+func inNetNS(nsPath string, fn func() error) error {
+	done := make(chan error, 1)
 	go func() {
 		goruntime.LockOSThread()
 		ns, err := netns.GetFromPath(nsPath)
 		if err != nil {
-			ch <- result{nil, fmt.Errorf("open network namespace %s: %w", nsPath, err)}
+			done <- fmt.Errorf("open network namespace %s: %w", nsPath, err)
 			return
 		}
 		defer ns.Close()
 		if err := netns.Set(ns); err != nil {
-			ch <- result{nil, fmt.Errorf("enter network namespace %s: %w", nsPath, err)}
+			done <- fmt.Errorf("enter network namespace %s: %w", nsPath, err)
 			return
 		}
-		var d net.Dialer
-		conn, err := d.DialContext(ctx, network, addr)
-		ch <- result{conn, err}
+		done <- fn()
 	}()
-	r := <-ch
-	return r.conn, r.err
+	return <-done
+}
+
+// DialInNetNS opens a connection from inside the network namespace at
+// nsPath (a task's NetNS), e.g. to probe a port the task listens on only
+// there.
+func DialInNetNS(ctx context.Context, nsPath, network, addr string) (net.Conn, error) {
+	var conn net.Conn
+	err := inNetNS(nsPath, func() error {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, network, addr)
+		conn = c
+		return err
+	})
+	return conn, err
 }
 
 // RunInNetNS runs argv to completion inside the network namespace at
 // nsPath as the given user, and returns its combined output. The child is
-// forked from a thread switched into the namespace, which is then
-// discarded.
+// forked from the namespace-switched thread, so it starts inside.
 func RunInNetNS(ctx context.Context, nsPath string, argv []string, cred Credential) ([]byte, error) {
 	if len(argv) == 0 {
 		return nil, fmt.Errorf("run in %s: empty command: %w", nsPath, ErrInvalidSpec)
 	}
-	type result struct {
-		out []byte
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		goruntime.LockOSThread()
-		ns, err := netns.GetFromPath(nsPath)
-		if err != nil {
-			ch <- result{nil, fmt.Errorf("open network namespace %s: %w", nsPath, err)}
-			return
-		}
-		defer ns.Close()
-		if err := netns.Set(ns); err != nil {
-			ch <- result{nil, fmt.Errorf("enter network namespace %s: %w", nsPath, err)}
-			return
-		}
+	var out []byte
+	err := inNetNS(nsPath, func() error {
 		cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{
 			Credential: &syscall.Credential{Uid: cred.UID, Gid: cred.GID},
 			Setpgid:    true,
 		}
 		cmd.Dir = "/"
-		// Start forks on this (namespace-switched) thread; waiting may
-		// happen anywhere.
-		out, err := cmd.CombinedOutput()
-		ch <- result{out, err}
-	}()
-	r := <-ch
-	return r.out, r.err
+		var err error
+		out, err = cmd.CombinedOutput()
+		return err
+	})
+	return out, err
 }
