@@ -50,6 +50,7 @@ func (r taskRecord) status() TaskStatus {
 		State: r.State, PID: r.PID, ExitCode: r.ExitCode,
 		StartedAt: r.StartedAt, FinishedAt: r.FinishedAt,
 		NetNS: r.NetNS, SpecHash: r.Spec.SpecHash, LogPath: r.LogPath,
+		Driver: DriverExec,
 	}
 	if st.State != StateRunning {
 		st.State = StateExited

@@ -4,8 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"path/filepath"
+	"slices"
 	"strings"
 	"time"
+
+	"github.com/distribution/reference"
 )
 
 // TaskSpec is what a driver needs to start one replica.
@@ -33,7 +37,35 @@ type TaskSpec struct {
 	// restarted agent can tell whether a running task matches the current
 	// spec.
 	SpecHash string `json:"specHash,omitempty"`
+
+	// Driver is DriverExec (the default) or DriverContainerd; Router
+	// sends the spec to that driver.
+	Driver string `json:"driver,omitempty"`
+	// Image is the OCI image reference (containerd only).
+	Image string `json:"image,omitempty"`
+	// ReadOnlyRootfs mounts the image's root filesystem read-only
+	// (containerd only).
+	ReadOnlyRootfs bool `json:"readOnlyRootfs,omitempty"`
+	// Privileged drops the default hardening (seccomp, no new
+	// privileges) and grants all capabilities (containerd only).
+	Privileged bool `json:"privileged,omitempty"`
+	// Mounts are host directories bound into the container (containerd
+	// only).
+	Mounts []Mount `json:"mounts,omitempty"`
 }
+
+// Mount binds a host directory into a container.
+type Mount struct {
+	Source   string `json:"source"`
+	Target   string `json:"target"`
+	ReadOnly bool   `json:"readOnly,omitempty"`
+}
+
+// Driver names.
+const (
+	DriverExec       = "exec"
+	DriverContainerd = "containerd"
+)
 
 // State is the lifecycle state of a task.
 type State string
@@ -63,6 +95,8 @@ type TaskStatus struct {
 	SpecHash string `json:"specHash,omitempty"`
 	// LogPath is the file receiving the task's stdout and stderr.
 	LogPath string `json:"logPath"`
+	// Driver is the driver running the task.
+	Driver string `json:"driver"`
 }
 
 // Errors callers branch on.
@@ -168,6 +202,52 @@ func (s TaskSpec) Validate() error {
 		}
 	}
 	return nil
+}
+
+// validateContainer checks a spec for the containerd driver: the command
+// is optional (the image's entrypoint runs without one) and an image and
+// absolute mount paths are required.
+func (s TaskSpec) validateContainer() error {
+	if err := ValidateTaskID(s.ID); err != nil {
+		return err
+	}
+	bad := func(field, format string, args ...any) error {
+		return fmt.Errorf("%w: task %s: %s: %s", ErrInvalidSpec, s.ID, field, fmt.Sprintf(format, args...))
+	}
+	if s.Image == "" {
+		return bad("image", "required")
+	}
+	if _, err := normalizeRef(s.Image); err != nil {
+		return fmt.Errorf("%w: task %s: %w", ErrInvalidSpec, s.ID, err)
+	}
+	probe := s
+	if len(probe.Command) == 0 {
+		probe.Command = []string{"/entrypoint"}
+	}
+	probe.Command = slices.Clone(probe.Command)
+	if len(s.Command) > 0 && !strings.HasPrefix(s.Command[0], "/") && !strings.Contains(s.Command[0], "/") {
+		// A bare name is looked up in the image's PATH by the runtime.
+		probe.Command[0] = "/" + probe.Command[0]
+	}
+	if err := probe.Validate(); err != nil {
+		return err
+	}
+	for _, m := range s.Mounts {
+		if !filepath.IsAbs(m.Source) || !filepath.IsAbs(m.Target) {
+			return bad("mounts", "source %q and target %q must be absolute paths", m.Source, m.Target)
+		}
+	}
+	return nil
+}
+
+// normalizeRef turns a short image reference (hello:1) into the full name
+// containerd stores (docker.io/library/hello:1).
+func normalizeRef(ref string) (string, error) {
+	named, err := reference.ParseDockerRef(ref)
+	if err != nil {
+		return "", fmt.Errorf("image %q: %w", ref, err)
+	}
+	return named.String(), nil
 }
 
 // argv is the full argument vector: Command followed by Args.
