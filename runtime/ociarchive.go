@@ -79,8 +79,8 @@ func WriteImageArchive(w io.Writer, ref string, cfg ImageConfig, files []ImageFi
 	mdesc := descriptorOf(ocispec.MediaTypeImageManifest, manifestJSON)
 	mdesc.Platform = &config.Platform
 	mdesc.Annotations = map[string]string{
-		"io.containerd.image.name":     named,
-		ocispec.AnnotationRefName:      named,
+		"io.containerd.image.name": named,
+		ocispec.AnnotationRefName:  named,
 	}
 	index := ocispec.Index{
 		Versioned: specs.Versioned{SchemaVersion: 2},
