@@ -199,3 +199,26 @@ func (c *Client) Logs(ctx context.Context, id string, replica, tail int, follow 
 	}
 	return resp.Body, nil
 }
+
+// LoadImage uploads an OCI image archive to the agent, which imports it
+// into its containerd namespace. Uploads are bounded by ctx only: a large
+// image may take longer than the client's usual timeout.
+func (c *Client) LoadImage(ctx context.Context, archive io.Reader) ([]Image, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+"/v1/images", archive)
+	if err != nil {
+		return nil, fmt.Errorf("build request POST /v1/images: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/x-tar")
+	upload := *c.http
+	upload.Timeout = 0
+	var out []Image
+	err = (&Client{base: c.base, token: c.token, http: &upload}).send(req, &out)
+	return out, err
+}
+
+// Images lists the images in the agent's containerd namespace.
+func (c *Client) Images(ctx context.Context) ([]Image, error) {
+	var out []Image
+	err := c.Do(ctx, http.MethodGet, "/v1/images", nil, &out)
+	return out, err
+}

@@ -2,6 +2,8 @@
 // for it, used by the CLI and the tests. It must not import node.
 package api
 
+import "time"
+
 // Node is one cluster member as GET /v1/nodes reports it.
 type Node struct {
 	Name     string            `json:"name"`
@@ -26,6 +28,18 @@ type Load struct {
 	CPUPercent   float64 `json:"cpu_percent"`
 	MemoryUsedMB int64   `json:"memory_used_mb"`
 	Replicas     int     `json:"replicas"`
+	// ReplicaCPUMillis and ReplicaMemoryMB are what this node's replicas
+	// use, summed from their cgroups.
+	ReplicaCPUMillis int64 `json:"replica_cpu_millis"`
+	ReplicaMemoryMB  int64 `json:"replica_memory_mb"`
+}
+
+// Image is an image in a node's containerd namespace.
+type Image struct {
+	Name      string    `json:"name"`
+	Digest    string    `json:"digest"`
+	Size      int64     `json:"size"`
+	CreatedAt time.Time `json:"created_at"`
 }
 
 // JoinRequest is the body of POST /v1/join.

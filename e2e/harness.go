@@ -190,6 +190,7 @@ func (c *Cluster) AddNode(opts ...NodeOption) *Node {
 		"agent", "--name", n.Name, "--bind", n.IP, "--data-dir", n.DataDir,
 		"--api", "127.0.0.1:7700", "--gossip-key", c.Key, "--api-token", c.Token,
 		"--load-interval", "1s", "--containerd-namespace", n.TaskNamespace(),
+		"--containerd", ContainerdAddress,
 	}
 	if i > 1 {
 		n.Args = append(n.Args, "--join", c.Nodes[0].IP)
@@ -199,6 +200,19 @@ func (c *Cluster) AddNode(opts ...NodeOption) *Node {
 	}
 	n.Start()
 	return n
+}
+
+// ContainerdAddress is the socket of the containerd every agent uses.
+var ContainerdAddress string
+
+// removeTasks removes the containers and exec tasks of the node's agent.
+func (n *Node) removeTasks() error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := shoalrt.CleanupContainerd(ctx, ContainerdAddress, n.TaskNamespace()); err != nil {
+		return err
+	}
+	return shoalrt.Cleanup(n.TaskNamespace())
 }
 
 // TaskNamespace is the runtime namespace of the node's agent: the prefix
@@ -348,7 +362,7 @@ func (c *Cluster) teardown() {
 	}
 	for _, n := range c.Nodes {
 		// Tasks outlive their agent by design (adoption); remove them.
-		if err := shoalrt.Cleanup(n.TaskNamespace()); err != nil {
+		if err := n.removeTasks(); err != nil {
 			c.t.Errorf("teardown tasks of %s: %v", n.Name, err)
 		}
 		if err := run("ip", "netns", "del", n.NS); err != nil {
@@ -429,7 +443,7 @@ func Eventually(t *testing.T, timeout time.Duration, what string, cond func() (b
 // and every task it started dies with it.
 func (n *Node) KillMachine() {
 	n.Kill()
-	if err := shoalrt.Cleanup(n.TaskNamespace()); err != nil {
+	if err := n.removeTasks(); err != nil {
 		n.c.t.Errorf("kill tasks of %s: %v", n.Name, err)
 	}
 }
@@ -450,6 +464,7 @@ func Hello(t *testing.T) string {
 			helloErr = err
 			return
 		}
+		atExit = append(atExit, func() { os.RemoveAll(dir) })
 		if err := os.Chmod(dir, 0o755); err != nil {
 			helloErr = err
 			return

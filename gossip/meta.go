@@ -16,6 +16,8 @@ const (
 	tagLoadCPU  = "lc"
 	tagLoadMem  = "lm"
 	tagReplicas = "lr"
+	tagRepCPU   = "rc"
+	tagRepMem   = "rm"
 	tagHealth   = "h"
 	labelPrefix = "l."
 	HealthOK    = "ok"
@@ -33,6 +35,10 @@ type Load struct {
 	CPUPercent   float64 `json:"cpu_percent"`
 	MemoryUsedMB int64   `json:"memory_used_mb"`
 	Replicas     int     `json:"replicas"`
+	// ReplicaCPUMillis and ReplicaMemoryMB are what the node's replicas
+	// use, summed from their cgroups.
+	ReplicaCPUMillis int64 `json:"replica_cpu_millis"`
+	ReplicaMemoryMB  int64 `json:"replica_memory_mb"`
 }
 
 // Meta is the metadata one node publishes in its serf tags.
@@ -55,6 +61,8 @@ func (m Meta) Tags() map[string]string {
 		tagLoadCPU:  strconv.FormatFloat(m.Load.CPUPercent, 'f', 0, 64),
 		tagLoadMem:  strconv.FormatInt(m.Load.MemoryUsedMB, 10),
 		tagReplicas: strconv.Itoa(m.Load.Replicas),
+		tagRepCPU:   strconv.FormatInt(m.Load.ReplicaCPUMillis, 10),
+		tagRepMem:   strconv.FormatInt(m.Load.ReplicaMemoryMB, 10),
 		tagHealth:   m.Health,
 	}
 	for k, v := range m.Labels {
@@ -76,6 +84,8 @@ func ParseMeta(tags map[string]string) Meta {
 	m.Load.CPUPercent, _ = strconv.ParseFloat(tags[tagLoadCPU], 64)
 	m.Load.MemoryUsedMB, _ = strconv.ParseInt(tags[tagLoadMem], 10, 64)
 	m.Load.Replicas, _ = strconv.Atoi(tags[tagReplicas])
+	m.Load.ReplicaCPUMillis, _ = strconv.ParseInt(tags[tagRepCPU], 10, 64)
+	m.Load.ReplicaMemoryMB, _ = strconv.ParseInt(tags[tagRepMem], 10, 64)
 	for k, v := range tags {
 		if name, ok := strings.CutPrefix(k, labelPrefix); ok {
 			if m.Labels == nil {

@@ -39,7 +39,10 @@ type Agent struct {
 	// healthChanged is signalled when a local replica's health flips.
 	healthChanged chan struct{}
 
-	exec       *runtime.Exec
+	// tasks routes to the exec and containerd drivers; containerd is
+	// also the image store.
+	tasks      *runtime.Router
+	containerd *runtime.Containerd
 	runner     TaskRunner
 	reconciler *reconciler
 }
@@ -103,16 +106,30 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		a.store.Close()
 		return nil, fmt.Errorf("start exec driver: %w", err)
 	}
-	a.exec = execDriver
+	a.containerd, err = runtime.NewContainerd(runtime.ContainerdConfig{
+		Address:     cfg.Containerd,
+		Namespace:   cfg.ContainerdNamespace,
+		StateDir:    filepath.Join(cfg.Gossip.DataDir, "containers"),
+		PullTimeout: cfg.PullTimeout,
+		Log:         log.With("component", "containerd"),
+	})
+	if err != nil {
+		execDriver.Close()
+		a.cluster.Shutdown()
+		a.host.Close()
+		a.store.Close()
+		return nil, fmt.Errorf("start containerd driver: %w", err)
+	}
+	a.tasks = runtime.NewRouter(map[string]runtime.Driver{runtime.DriverExec: execDriver, runtime.DriverContainerd: a.containerd})
 	a.host.Handle(protocolLogs, a.serveLogs)
-	a.runner = execDriver
+	a.runner = a.tasks
 	a.reconciler = newReconciler(a, a.runner, cfg.Reconcile)
 	a.metrics = newMetrics(a.cluster, a.sync, a.store)
 	a.metrics.reg.MustRegister(&replicaCollector{a: a})
 
 	a.ln, err = net.Listen("tcp", cfg.APIAddr)
 	if err != nil {
-		a.exec.Close()
+		a.tasks.Close()
 		a.cluster.Shutdown()
 		a.host.Close()
 		a.store.Close()
@@ -195,7 +212,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Warn("shut down p2p host", "err", err)
 	}
 	// Tasks keep running: a restarted agent adopts them.
-	a.exec.Close()
+	a.tasks.Close()
 	if err := a.store.Close(); err != nil {
 		a.log.Warn("close state store", "err", err)
 	}
@@ -238,6 +255,7 @@ func (a *Agent) joinLoop(ctx context.Context) {
 func (a *Agent) loadLoop(ctx context.Context) {
 	var cpu cpuSampler
 	_, _ = cpu.sample()
+	replicas := replicaSampler{prev: map[string]uint64{}}
 	t := time.NewTicker(a.cfg.LoadInterval)
 	defer t.Stop()
 	for first := true; ; first = false {
@@ -262,9 +280,13 @@ func (a *Agent) loadLoop(ctx context.Context) {
 			a.log.Warn("sample memory", "err", err)
 			continue
 		}
+		repCPU, repMem := replicas.sample(ctx, a.tasks)
+		a.rotateLogs(ctx)
 		if err := a.cluster.UpdateMeta(func(m *gossip.Meta) {
 			m.Load.CPUPercent = pct
 			m.Load.MemoryUsedMB = used
+			m.Load.ReplicaCPUMillis = repCPU
+			m.Load.ReplicaMemoryMB = repMem
 		}); err != nil {
 			a.log.Warn("publish load", "err", err)
 		}
@@ -299,7 +321,7 @@ func (a *Agent) drain() {
 	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.Reconcile.HandoffTimeout+15*time.Second)
 	defer cancel()
 	for {
-		tasks, err := a.exec.List(ctx)
+		tasks, err := a.tasks.List(ctx)
 		running := 0
 		for _, t := range tasks {
 			if t.State == runtime.StateRunning {
@@ -319,9 +341,9 @@ func (a *Agent) drain() {
 	}
 	stopCtx, stopCancel := context.WithTimeout(context.Background(), time.Minute)
 	defer stopCancel()
-	tasks, _ := a.exec.List(stopCtx)
+	tasks, _ := a.tasks.List(stopCtx)
 	for _, t := range tasks {
-		if err := a.exec.Stop(stopCtx, t.ID); err != nil {
+		if err := a.tasks.Stop(stopCtx, t.ID); err != nil {
 			a.log.Warn("stop replica while draining", "task", t.ID, "err", err)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/shoalmesh/shoal/gossip"
+	"github.com/shoalmesh/shoal/runtime"
 	"github.com/shoalmesh/shoal/state"
 )
 
@@ -39,6 +40,12 @@ type Config struct {
 	// agent's containers (several agents may share a daemon).
 	Containerd          string
 	ContainerdNamespace string
+	// PullTimeout bounds pulling an image a replica needs.
+	PullTimeout time.Duration
+	// LogMaxBytes is the size at which a replica's log file is rotated;
+	// LogKeep rotated files are kept.
+	LogMaxBytes int64
+	LogKeep     int
 	// LoadInterval is how often load tags are refreshed.
 	LoadInterval time.Duration
 	// Drain, on shutdown, hands every local replica to other nodes (make
@@ -65,6 +72,9 @@ func DefaultConfig() Config {
 		Containerd:          "/run/containerd/containerd.sock",
 		ContainerdNamespace: "shoal",
 		LoadInterval:        3 * time.Second,
+		PullTimeout:         runtime.DefaultPullTimeout,
+		LogMaxBytes:         10 << 20,
+		LogKeep:             3,
 		LeaveTimeout:        5 * time.Second,
 		Sync:                gossip.DefaultSyncConfig(),
 		Reconcile:           DefaultReconcileConfig(),
@@ -96,6 +106,12 @@ func (c Config) Validate() error {
 	}
 	if c.LoadInterval <= 0 {
 		return errors.New("load interval: must be > 0")
+	}
+	if c.PullTimeout <= 0 {
+		return errors.New("pull timeout: must be > 0")
+	}
+	if c.LogMaxBytes < 4096 || c.LogKeep < 1 {
+		return errors.New("log rotation: max bytes must be >= 4096 and keep >= 1")
 	}
 	if c.Reconcile.Debounce <= 0 || c.Reconcile.Resync <= 0 || c.Reconcile.HandoffTimeout <= 0 {
 		return errors.New("reconcile: debounce, resync and handoff timeout must be > 0")

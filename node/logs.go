@@ -155,7 +155,7 @@ func (a *Agent) openLog(task string) (*os.File, error) {
 	if err := runtime.ValidateTaskID(task); err != nil {
 		return nil, err
 	}
-	f, err := os.Open(a.exec.LogPath(task))
+	f, err := os.Open(a.tasks.LogPath(task))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, errors.New("no log on this node")
 	}
@@ -214,6 +214,16 @@ func streamLog(ctx context.Context, f *os.File, req logRequest, w io.Writer) err
 		case <-ctx.Done():
 			return nil
 		case <-time.After(logPoll):
+		}
+		// Rotation truncates the file in place: start again at its top.
+		pos, err := f.Seek(0, io.SeekCurrent)
+		if err != nil {
+			return err
+		}
+		if info, err := f.Stat(); err == nil && info.Size() < pos {
+			if _, err := f.Seek(0, io.SeekStart); err != nil {
+				return err
+			}
 		}
 	}
 }

@@ -216,7 +216,7 @@ func (rc *replicaCollector) Describe(ch chan<- *prometheus.Desc) {
 func (rc *replicaCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	tasks, err := rc.a.exec.List(ctx)
+	tasks, err := rc.a.tasks.List(ctx)
 	if err != nil {
 		return
 	}
@@ -224,7 +224,7 @@ func (rc *replicaCollector) Collect(ch chan<- prometheus.Metric) {
 		if t.State != runtime.StateRunning {
 			continue
 		}
-		cpu, mem, err := rc.a.exec.Stats(ctx, t.ID)
+		cpu, mem, err := rc.a.tasks.Stats(ctx, t.ID)
 		if err != nil {
 			continue
 		}

@@ -5,7 +5,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -248,7 +251,14 @@ func (r *reconciler) pass(ctx context.Context) {
 	tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	tasks, err := r.runner.List(tctx)
-	if err != nil {
+	switch {
+	case err == nil:
+	case errors.Is(err, runtime.ErrUnavailable):
+		// containerd is down or not installed: go on with the other
+		// driver's tasks; containerd replicas fail to start with the
+		// reason in their allocation.
+		r.a.log.Debug("list tasks", "err", err)
+	default:
 		r.a.log.Warn("list tasks", "err", err)
 		return
 	}
@@ -349,7 +359,8 @@ func (r *reconciler) pass(ctx context.Context) {
 			published[id] = Endpoint{Job: rep.Job, Replica: rep.Index, Node: self, State: StateFailed, Message: err.Error()}
 			continue
 		}
-		sctx, scancel := context.WithTimeout(ctx, taskCallTimeout)
+		// A start may pull the image first.
+		sctx, scancel := context.WithTimeout(ctx, taskCallTimeout+r.a.cfg.PullTimeout)
 		st, err := r.runner.Start(sctx, spec)
 		scancel()
 		if err != nil && ctx.Err() != nil {
@@ -372,6 +383,14 @@ func (r *reconciler) pass(ctx context.Context) {
 	}
 	r.health.retain(keep)
 	r.publish(published)
+	inUse := map[string]bool{}
+	for id := range desired {
+		inUse[id] = true
+	}
+	for id := range actual {
+		inUse[id] = true
+	}
+	r.sweepEphemeral(inUse)
 }
 
 // taskCallTimeout bounds one Start or Stop (a stop waits out the task's
@@ -449,9 +468,6 @@ func (r *reconciler) noteExit(id string, job api.Job, code int) {
 }
 
 func (r *reconciler) taskSpec(job api.Job, rep placement.Replica) (runtime.TaskSpec, error) {
-	if job.Task.Driver != "exec" {
-		return runtime.TaskSpec{}, fmt.Errorf("driver %q is not available on this node", job.Task.Driver)
-	}
 	env := map[string]string{}
 	for k, v := range job.Task.Env {
 		env[k] = v
@@ -459,12 +475,75 @@ func (r *reconciler) taskSpec(job api.Job, rep placement.Replica) (runtime.TaskS
 	env["SHOAL_JOB"] = job.ID
 	env["SHOAL_REPLICA"] = strconv.Itoa(rep.Index)
 	env["SHOAL_NODE"] = r.a.cfg.Gossip.NodeName
-	return runtime.TaskSpec{
-		ID: taskID(job.ID, rep.Index), Job: job.ID, Replica: rep.Index,
+	id := taskID(job.ID, rep.Index)
+	spec := runtime.TaskSpec{
+		ID: id, Job: job.ID, Replica: rep.Index, Driver: job.Task.Driver,
 		Command: job.Task.Command, Args: job.Task.Args, Env: env,
 		CPUMillis: job.Task.Resources.CPUMillis, MemoryMB: job.Task.Resources.MemoryMB,
-		Hostname: taskID(job.ID, rep.Index), SpecHash: specHash(job),
-	}, nil
+		Hostname: id, SpecHash: specHash(job),
+		Image: job.Task.Image, ReadOnlyRootfs: job.Task.ReadOnlyRootfs, Privileged: job.Task.Privileged,
+	}
+	if len(job.Task.Mounts) > 0 && job.Task.Driver != api.DriverContainerd {
+		return runtime.TaskSpec{}, fmt.Errorf("mounts need the containerd driver")
+	}
+	for _, m := range job.Task.Mounts {
+		dir, err := r.volumeDir(job, id, m.Volume)
+		if err != nil {
+			return runtime.TaskSpec{}, err
+		}
+		spec.Mounts = append(spec.Mounts, runtime.Mount{Source: dir, Target: m.Path, ReadOnly: m.ReadOnly})
+	}
+	return spec, nil
+}
+
+// volumeDir creates the host directory behind one of the job's volumes:
+// persistent volumes live per job under the data dir and survive the
+// replica; ephemeral ones live per task and go when it stops for good.
+func (r *reconciler) volumeDir(job api.Job, task, name string) (string, error) {
+	var dir string
+	for _, v := range job.Volumes {
+		if v.Name != name {
+			continue
+		}
+		if v.Type == api.VolumePersistent {
+			dir = filepath.Join(r.a.cfg.Gossip.DataDir, "volumes", "persistent", job.ID, name)
+		} else {
+			dir = filepath.Join(r.ephemeralRoot(), task, name)
+		}
+	}
+	if dir == "" {
+		return "", fmt.Errorf("mount of unknown volume %q", name)
+	}
+	// World-writable like /tmp: the image decides the user the task runs
+	// as, and the directory is reachable only through the task's mounts
+	// and the root-only data dir.
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("create volume %s: %w", name, err)
+	}
+	if err := os.Chmod(dir, 0o1777); err != nil {
+		return "", fmt.Errorf("create volume %s: %w", name, err)
+	}
+	return dir, nil
+}
+
+func (r *reconciler) ephemeralRoot() string {
+	return filepath.Join(r.a.cfg.Gossip.DataDir, "volumes", "ephemeral")
+}
+
+// sweepEphemeral removes the ephemeral volumes of tasks that neither run
+// here nor are meant to.
+func (r *reconciler) sweepEphemeral(keep map[string]bool) {
+	entries, err := os.ReadDir(r.ephemeralRoot())
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if !keep[e.Name()] {
+			if err := os.RemoveAll(filepath.Join(r.ephemeralRoot(), e.Name())); err != nil {
+				r.a.log.Warn("remove ephemeral volumes", "task", e.Name(), "err", err)
+			}
+		}
+	}
 }
 
 func (r *reconciler) endpointFor(t runtime.TaskStatus, job api.Job, msg string) Endpoint {

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -9,10 +11,10 @@ import (
 )
 
 func newCleanupCmd() *cobra.Command {
-	var namespace string
+	var namespace, address string
 	cmd := &cobra.Command{
 		Use:   "cleanup --containerd-namespace NS",
-		Short: "Kill every task of a stopped agent and remove its network namespaces and cgroups",
+		Short: "Remove every container, image, task, network namespace and cgroup of a stopped agent",
 		Long: `Tasks outlive their agent so that a restarted agent adopts them. When an
 agent is retired for good, cleanup kills its tasks and removes what they used.
 Run it on the agent's machine, as root, with the agent's --containerd-namespace.`,
@@ -20,6 +22,13 @@ Run it on the agent's machine, as root, with the agent's --containerd-namespace.
 		RunE: func(*cobra.Command, []string) error {
 			if err := runtime.ValidateNamespace(namespace); err != nil {
 				return fmt.Errorf("--containerd-namespace: %w", err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			// Containers first: their cgroups and network namespaces are
+			// the ones Cleanup would otherwise tear out from under them.
+			if err := runtime.CleanupContainerd(ctx, address, namespace); err != nil {
+				return err
 			}
 			if err := runtime.Cleanup(namespace); err != nil {
 				return err
@@ -29,6 +38,7 @@ Run it on the agent's machine, as root, with the agent's --containerd-namespace.
 		},
 	}
 	cmd.Flags().StringVar(&namespace, "containerd-namespace", "", "the agent's runtime namespace (required)")
+	cmd.Flags().StringVar(&address, "containerd", runtime.DefaultContainerdAddress, "containerd socket")
 	_ = cmd.MarkFlagRequired("containerd-namespace")
 	return cmd
 }

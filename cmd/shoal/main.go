@@ -76,6 +76,7 @@ func newRootCmd() *cobra.Command {
 		newRmCmd(cf),
 		newInspectCmd(cf),
 		newLogsCmd(cf),
+		newImageCmd(cf),
 		newKeygenCmd(),
 		newCleanupCmd(),
 	)
