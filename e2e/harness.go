@@ -202,6 +202,9 @@ func (c *Cluster) AddNode(opts ...NodeOption) *Node {
 	return n
 }
 
+// atExit runs after every test (from TestMain), for what tests share.
+var atExit []func()
+
 // ContainerdAddress is the socket of the containerd every agent uses.
 var ContainerdAddress string
 

@@ -8,9 +8,6 @@ import (
 	"github.com/shoalmesh/shoal/runtime/containerdtest"
 )
 
-// atExit runs after every test, for what tests share.
-var atExit []func()
-
 func TestMain(m *testing.M) {
 	if os.Geteuid() != 0 {
 		os.Exit(m.Run()) // every test skips without root

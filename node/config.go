@@ -113,8 +113,8 @@ func (c Config) Validate() error {
 	if c.LogMaxBytes < 4096 || c.LogKeep < 1 {
 		return errors.New("log rotation: max bytes must be >= 4096 and keep >= 1")
 	}
-	if c.Reconcile.Debounce <= 0 || c.Reconcile.Resync <= 0 || c.Reconcile.HandoffTimeout <= 0 {
-		return errors.New("reconcile: debounce, resync and handoff timeout must be > 0")
+	if c.Reconcile.Debounce <= 0 || c.Reconcile.JobDebounce <= 0 || c.Reconcile.Resync <= 0 || c.Reconcile.HandoffTimeout <= 0 {
+		return errors.New("reconcile: debounces, resync and handoff timeout must be > 0")
 	}
 	if c.TombstoneTTL <= 0 {
 		return errors.New("tombstone ttl: must be > 0")

@@ -74,8 +74,12 @@ func specHash(j api.Job) string {
 
 // ReconcileConfig tunes the reconcile loop.
 type ReconcileConfig struct {
-	// Debounce coalesces bursts of membership and job changes.
+	// Debounce coalesces bursts of membership changes (a mass join or a
+	// rack failing), which move many replicas at once.
 	Debounce time.Duration
+	// JobDebounce coalesces bursts of job writes; short, because it is
+	// most of the submit-to-running latency of a single job.
+	JobDebounce time.Duration
 	// Resync re-runs the loop even without changes (repairs, restarts).
 	Resync time.Duration
 	// HandoffTimeout bounds make-before-break: a moved replica's old copy
@@ -87,7 +91,7 @@ type ReconcileConfig struct {
 
 // DefaultReconcileConfig returns the defaults.
 func DefaultReconcileConfig() ReconcileConfig {
-	return ReconcileConfig{Debounce: 200 * time.Millisecond, Resync: 2 * time.Second, HandoffTimeout: 30 * time.Second, LoadFactor: placement.DefaultLoadFactor}
+	return ReconcileConfig{Debounce: 200 * time.Millisecond, JobDebounce: 20 * time.Millisecond, Resync: 2 * time.Second, HandoffTimeout: 30 * time.Second, LoadFactor: placement.DefaultLoadFactor}
 }
 
 // reconciler computes the cluster-wide assignment and drives this node's
@@ -144,18 +148,26 @@ func (r *reconciler) run(ctx context.Context) {
 	defer resync.Stop()
 	defer r.health.stopAll()
 	var debounce <-chan time.Time
+	var due time.Time
+	// schedule runs a pass after d unless one is due sooner: a steady
+	// stream of changes cannot postpone the pass for ever.
+	schedule := func(d time.Duration) {
+		if at := time.Now().Add(d); debounce == nil || at.Before(due) {
+			due, debounce = at, time.After(d)
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-r.a.cluster.Changes():
-			debounce = time.After(r.cfg.Debounce)
+			schedule(r.cfg.Debounce)
 		case <-r.a.jobsChanged:
-			debounce = time.After(r.cfg.Debounce)
+			schedule(r.cfg.JobDebounce)
 		case <-r.a.endpointsChanged:
 			// Only make-before-break waits on peers' endpoints.
-			if len(r.moveSince) > 0 && debounce == nil {
-				debounce = time.After(r.cfg.Debounce)
+			if len(r.moveSince) > 0 {
+				schedule(r.cfg.Debounce)
 			}
 		case <-r.a.healthChanged:
 			// Publish health at once: load balancers act on it.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -58,8 +59,9 @@ func StartDaemon() (*Daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("containerd is not installed (apt-get install containerd runc): %w", err)
 	}
+	sweepStale()
 	// Short path: the socket name must fit in sun_path (108 bytes).
-	dir, err := os.MkdirTemp("/var/lib", "shoal-ctd-")
+	dir, err := os.MkdirTemp("/var/lib", dirPrefix)
 	if err != nil {
 		return nil, fmt.Errorf("start containerd: %w", err)
 	}
@@ -81,11 +83,15 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 	d := &Daemon{Address: sock, Dir: dir, log: &bytes.Buffer{}}
 	d.cmd = exec.Command(bin, "--config", cfgPath, "--log-level", "warn")
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	// No Pdeathsig: it fires when the forking OS thread exits, and Go
+	// retires threads that tests lock into other network namespaces.
+	// A daemon orphaned by a crashed test run is swept by the next one.
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := d.cmd.Start(); err != nil {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("start containerd: %w", err)
 	}
+	_ = os.WriteFile(filepath.Join(dir, "pid"), []byte(strconv.Itoa(d.cmd.Process.Pid)), 0o600)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if ready(sock) {
@@ -148,6 +154,76 @@ func (d *Daemon) Stop() error {
 		return fmt.Errorf("remove containerd dir: %w", err)
 	}
 	return nil
+}
+
+const dirPrefix = "shoal-ctd-"
+
+// sweepStale stops daemons left by test processes that died without
+// stopping them (their test binary is gone, so nothing else will) and
+// removes their directories. A directory whose daemon's parent still
+// runs belongs to a concurrent test run and is left alone.
+func sweepStale() {
+	dirs, _ := filepath.Glob(filepath.Join("/var/lib", dirPrefix+"*"))
+	for _, dir := range dirs {
+		raw, err := os.ReadFile(filepath.Join(dir, "pid"))
+		pid, _ := strconv.Atoi(string(raw))
+		if err != nil || pid <= 0 {
+			continue
+		}
+		if ppid := parentOf(pid); ppid > 1 {
+			continue // its test process is alive
+		}
+		d := &Daemon{Address: filepath.Join(dir, "c.sock"), Dir: dir}
+		if syscall.Kill(pid, 0) == nil {
+			if p, err := os.FindProcess(pid); err == nil {
+				d.cmd = &exec.Cmd{Process: p}
+				d.stopOrphan()
+				continue
+			}
+		}
+		unmountUnder(dir)
+		_ = os.RemoveAll(dir)
+	}
+}
+
+// parentOf returns pid's parent, or 0 if pid is gone.
+func parentOf(pid int) int {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command name may contain spaces: fields start after ")".
+	i := bytes.LastIndexByte(raw, ')')
+	if i < 0 {
+		return 0
+	}
+	f := bytes.Fields(raw[i+1:])
+	if len(f) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(string(f[1]))
+	return ppid
+}
+
+// stopOrphan stops a daemon this process did not start.
+func (d *Daemon) stopOrphan() {
+	if cl, err := client.New(d.Address, client.WithTimeout(time.Second)); err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		if nss, err := cl.NamespaceService().List(ctx); err == nil {
+			for _, ns := range nss {
+				_ = shoalrt.CleanupContainerd(ctx, d.Address, ns)
+			}
+		}
+		cancel()
+		cl.Close()
+	}
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	for i := 0; i < 100 && syscall.Kill(d.cmd.Process.Pid, 0) == nil; i++ {
+		time.Sleep(100 * time.Millisecond)
+	}
+	_ = syscall.Kill(d.cmd.Process.Pid, syscall.SIGKILL)
+	unmountUnder(d.Dir)
+	_ = os.RemoveAll(d.Dir)
 }
 
 // Log is what the daemon printed.
