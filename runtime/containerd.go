@@ -207,10 +207,12 @@ func (c *Containerd) Start(ctx context.Context, spec TaskSpec) (TaskStatus, erro
 	} else if !errdefs.IsNotFound(err) {
 		return TaskStatus{}, fmt.Errorf("start task %s: look up container: %w", id, err)
 	}
+	began := time.Now()
 	img, err := c.ensureImage(ctx, cl, spec.Image)
 	if err != nil {
 		return TaskStatus{}, fmt.Errorf("start task %s: %w", id, err)
 	}
+	imageDone := time.Now()
 
 	nsName := netnsName(c.cfg.Namespace, id)
 	if err := createNetns(nsName); err != nil {
@@ -236,6 +238,7 @@ func (c *Containerd) Start(ctx context.Context, spec TaskSpec) (TaskStatus, erro
 		}
 	}
 
+	netnsDone := time.Now()
 	specOpts := c.specOpts(spec, img, netnsPath(c.cfg.Namespace, id))
 	labels := map[string]string{
 		labelJob:      spec.Job,
@@ -254,6 +257,7 @@ func (c *Containerd) Start(ctx context.Context, spec TaskSpec) (TaskStatus, erro
 		cleanup(nil)
 		return TaskStatus{}, fmt.Errorf("start task %s: create container: %w", id, err)
 	}
+	createDone := time.Now()
 	task, err := ctr.NewTask(ctx, cio.LogFile(c.LogPath(id)))
 	if err != nil {
 		cleanup(ctr)
@@ -270,7 +274,9 @@ func (c *Containerd) Start(ctx context.Context, spec TaskSpec) (TaskStatus, erro
 		cleanup(ctr)
 		return TaskStatus{}, fmt.Errorf("start task %s: start task: %w", id, err)
 	}
-	c.log.Info("started container", "task", id, "image", spec.Image, "pid", task.Pid())
+	c.log.Info("started container", "task", id, "image", spec.Image, "pid", task.Pid(),
+		"image_lookup", imageDone.Sub(began).Round(time.Millisecond), "netns", netnsDone.Sub(imageDone).Round(time.Millisecond),
+		"create", createDone.Sub(netnsDone).Round(time.Millisecond), "task_start", time.Since(createDone).Round(time.Millisecond))
 	return TaskStatus{
 		ID: id, Job: spec.Job, Replica: spec.Replica, State: StateRunning, PID: int(task.Pid()),
 		StartedAt: started, NetNS: netnsPath(c.cfg.Namespace, id), SpecHash: spec.SpecHash,
