@@ -389,7 +389,9 @@ func (c *Containerd) pull(ctx context.Context, cl *client.Client, ref string) er
 	defer cancel()
 	began := time.Now()
 	c.log.Info("pulling image", "image", ref)
+	stopProgress := c.logPullProgress(pctx, cl, ref, began)
 	img, err := cl.Pull(pctx, ref, client.WithPullUnpack, client.WithPullSnapshotter(c.cfg.Snapshotter))
+	stopProgress()
 	if err != nil {
 		call.err = fmt.Errorf("image %s is not present on this node and pulling it failed: %w", ref, err)
 		c.log.Warn("pull image failed", "image", ref, "err", err, "after", time.Since(began).Round(time.Millisecond))
@@ -398,6 +400,41 @@ func (c *Containerd) pull(ctx context.Context, cl *client.Client, ref string) er
 	size, _ := img.Size(pctx)
 	c.log.Info("pulled image", "image", ref, "bytes", size, "took", time.Since(began).Round(time.Millisecond))
 	return nil
+}
+
+// pullProgressEvery is how often a running pull logs its progress.
+const pullProgressEvery = 5 * time.Second
+
+// logPullProgress logs the bytes fetched so far (from containerd's
+// in-flight ingests) every pullProgressEvery until the returned func is
+// called.
+func (c *Containerd) logPullProgress(ctx context.Context, cl *client.Client, ref string, began time.Time) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(pullProgressEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			statuses, err := cl.ContentStore().ListStatuses(ctx)
+			if err != nil {
+				continue
+			}
+			var offset, total int64
+			for _, st := range statuses {
+				offset += st.Offset
+				total += st.Total
+			}
+			c.log.Info("pulling image", "image", ref, "layers_in_flight", len(statuses),
+				"bytes", offset, "of", total, "elapsed", time.Since(began).Round(time.Second))
+		}
+	}()
+	return func() { cancel(); <-done }
 }
 
 // Stop stops the task's container and removes it with its snapshot and
