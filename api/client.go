@@ -222,3 +222,16 @@ func (c *Client) Images(ctx context.Context) ([]Image, error) {
 	err := c.Do(ctx, http.MethodGet, "/v1/images", nil, &out)
 	return out, err
 }
+
+// Events returns the called node's events after seq (0 for all it keeps),
+// optionally of one job.
+func (c *Client) Events(ctx context.Context, since uint64, job string) ([]Event, error) {
+	q := url.Values{}
+	q.Set("since", strconv.FormatUint(since, 10))
+	if job != "" {
+		q.Set("job", job)
+	}
+	var out []Event
+	err := c.Do(ctx, http.MethodGet, "/v1/events?"+q.Encode(), nil, &out)
+	return out, err
+}

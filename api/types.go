@@ -69,3 +69,17 @@ type DeleteResponse struct {
 	Deleted bool   `json:"deleted"`
 	Version string `json:"version"`
 }
+
+// Event is something that happened on a node, as GET /v1/events reports
+// it: replicas started, stopped, exited, handed over, health flips, image
+// pulls.
+type Event struct {
+	// Seq orders the node's events; ask for those after it with ?since=.
+	Seq     uint64    `json:"seq"`
+	Time    time.Time `json:"time"`
+	Node    string    `json:"node"`
+	Kind    string    `json:"kind"`
+	Job     string    `json:"job,omitempty"`
+	Replica int       `json:"replica"`
+	Message string    `json:"message"`
+}

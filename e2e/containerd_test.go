@@ -207,6 +207,21 @@ func TestContainerJobRunsRestartsAndReportsHealth(t *testing.T) {
 	})
 	t.Logf("MEASURE container_sick_to_reported_unhealthy=%s (interval 500ms x 2 failures)", took.Round(time.Millisecond))
 
+	// What happened is in the owner's events.
+	evs, err := owner.Client().Events(ctx, 0, "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]int{}
+	for _, ev := range evs {
+		if ev.Replica == 0 {
+			kinds[ev.Kind]++
+		}
+	}
+	if kinds["started"] < 2 || kinds["exited"] < 1 || kinds["unhealthy"] < 1 {
+		t.Errorf("events of web-0 = %v, want 2 starts, an exit and a health flip", kinds)
+	}
+
 	// The replicas' usage feeds their nodes' load tags.
 	Eventually(t, 10*time.Second, "replica memory in load tags", func() (bool, string) {
 		nodes, err := c.Nodes[0].Client().Nodes(ctx)
@@ -287,6 +302,18 @@ func TestMissingImageFailsTheReplicaNotTheAgent(t *testing.T) {
 		}
 		return false, fmt.Sprintf("%+v", st.Allocations)
 	})
+	// The failed pull is an event of the node.
+	evs, err := n.Client().Events(ctx, 0, "ghost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]bool{}
+	for _, ev := range evs {
+		kinds[ev.Kind] = true
+	}
+	if !kinds["image-pull"] || !kinds["image-pull-failed"] || !kinds["start-failed"] {
+		t.Errorf("events of ghost = %+v, want image-pull, image-pull-failed and start-failed", evs)
+	}
 	// The agent keeps serving: another job runs.
 	if _, err := n.Client().PutJob(ctx, sleepJob("alive", 1)); err != nil {
 		t.Fatal(err)
@@ -296,7 +323,7 @@ func TestMissingImageFailsTheReplicaNotTheAgent(t *testing.T) {
 		return total == 1, detail
 	})
 	// A bad archive is refused with a 400 naming the problem.
-	_, err := n.Client().LoadImage(ctx, strings.NewReader("not a tar"))
+	_, err = n.Client().LoadImage(ctx, strings.NewReader("not a tar"))
 	if se, ok := err.(*api.StatusError); !ok || se.Code != 400 {
 		t.Fatalf("bad archive: want HTTP 400, got %v", err)
 	}

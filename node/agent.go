@@ -45,6 +45,7 @@ type Agent struct {
 	containerd *runtime.Containerd
 	runner     TaskRunner
 	reconciler *reconciler
+	events     *eventLog
 }
 
 // New validates cfg, starts the p2p host, membership and the API listener.
@@ -56,7 +57,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if err := os.MkdirAll(cfg.Gossip.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir %s: %w", cfg.Gossip.DataDir, err)
 	}
-	a := &Agent{cfg: cfg, log: log, jobsChanged: make(chan struct{}, 1), endpointsChanged: make(chan struct{}, 1), healthChanged: make(chan struct{}, 1)}
+	a := &Agent{cfg: cfg, log: log, events: newEventLog(cfg.Gossip.NodeName), jobsChanged: make(chan struct{}, 1), endpointsChanged: make(chan struct{}, 1), healthChanged: make(chan struct{}, 1)}
 
 	cpu, mem, err := machineCapacity()
 	if err != nil {
@@ -112,6 +113,10 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		StateDir:    filepath.Join(cfg.Gossip.DataDir, "containers"),
 		PullTimeout: cfg.PullTimeout,
 		Log:         log.With("component", "containerd"),
+		Notify: func(kind, task, msg string) {
+			job, replica := splitTaskID(task)
+			a.events.add(kind, job, replica, msg)
+		},
 	})
 	if err != nil {
 		execDriver.Close()

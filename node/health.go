@@ -28,6 +28,8 @@ type healthResult struct {
 // stops loops; results are read under mu.
 type prober struct {
 	changed chan<- struct{}
+	// onFlip is told of every change of a verdict (for events).
+	onFlip func(id string, healthy bool, message string)
 
 	mu      sync.Mutex
 	results map[string]healthResult
@@ -39,8 +41,8 @@ type probeLoop struct {
 	cancel context.CancelFunc
 }
 
-func newProber(changed chan<- struct{}) *prober {
-	return &prober{changed: changed, results: map[string]healthResult{}, loops: map[string]probeLoop{}}
+func newProber(changed chan<- struct{}, onFlip func(id string, healthy bool, message string)) *prober {
+	return &prober{changed: changed, onFlip: onFlip, results: map[string]healthResult{}, loops: map[string]probeLoop{}}
 }
 
 // ensure runs a probe loop for task t if the job has a health check.
@@ -141,6 +143,9 @@ func (p *prober) record(id string, err error, threshold int) {
 	p.results[id] = r
 	p.mu.Unlock()
 	if before.known != r.known || before.healthy != r.healthy {
+		if p.onFlip != nil && r.known {
+			p.onFlip(id, r.healthy, r.message)
+		}
 		select {
 		case p.changed <- struct{}{}:
 		default:

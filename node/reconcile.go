@@ -63,6 +63,19 @@ func endpointID(job string, replica int, node string) string {
 
 func taskID(job string, replica int) string { return job + "-" + strconv.Itoa(replica) }
 
+// splitTaskID reverses taskID; replica is -1 for an id it did not make.
+func splitTaskID(id string) (job string, replica int) {
+	i := strings.LastIndexByte(id, '-')
+	if i < 0 {
+		return id, -1
+	}
+	n, err := strconv.Atoi(id[i+1:])
+	if err != nil {
+		return id, -1
+	}
+	return id[:i], n
+}
+
 // specHash identifies what a replica runs, so a changed spec replaces it.
 func specHash(j api.Job) string {
 	raw, _ := json.Marshal(struct {
@@ -126,7 +139,14 @@ const stableAfter = 10 * time.Minute
 
 func newReconciler(a *Agent, runner TaskRunner, cfg ReconcileConfig) *reconciler {
 	return &reconciler{a: a, runner: runner, cfg: cfg, moveSince: map[string]time.Time{}, restarts: map[string]*restartState{},
-		health: newProber(a.healthChanged)}
+		health: newProber(a.healthChanged, func(id string, healthy bool, msg string) {
+			job, replica := splitTaskID(id)
+			if healthy {
+				a.events.add("healthy", job, replica, "health check passes")
+			} else {
+				a.events.add("unhealthy", job, replica, msg)
+			}
+		})}
 }
 
 // Unplaced returns the replicas of job ("" for every job) that fit
@@ -298,8 +318,10 @@ func (r *reconciler) pass(ctx context.Context) {
 			continue
 		case want:
 			r.a.log.Info("replacing replica with changed spec", "task", id)
+			r.a.events.add("replacing", t.Job, t.Replica, "the job's spec changed")
 		case !ok || t.Replica >= replicas:
 			r.a.log.Info("stopping replica of removed or scaled-down job", "task", id)
+			r.a.events.add("stopping", t.Job, t.Replica, "the job was removed or scaled down")
 		default:
 			// Moved elsewhere: make before break.
 			owner := ""
@@ -322,6 +344,11 @@ func (r *reconciler) pass(ctx context.Context) {
 					continue
 				}
 				r.a.log.Info("handing replica over", "task", id, "to", owner, "new_owner_running", ready)
+				if ready {
+					r.a.events.add("handed-over", t.Job, t.Replica, owner+" runs it now")
+				} else {
+					r.a.events.add("handed-over", t.Job, t.Replica, fmt.Sprintf("%s did not report it running within %s; stopping anyway", owner, r.cfg.HandoffTimeout))
+				}
 			}
 		}
 		delete(r.moveSince, id)
@@ -380,11 +407,13 @@ func (r *reconciler) pass(ctx context.Context) {
 		}
 		if err != nil {
 			r.a.log.Warn("start replica", "task", id, "err", err)
+			r.a.events.add("start-failed", rep.Job, rep.Index, err.Error())
 			published[id] = Endpoint{Job: rep.Job, Replica: rep.Index, Node: self, State: StateFailed, Message: err.Error()}
 			r.noteExit(id, job, -1)
 			continue
 		}
 		r.a.log.Info("started replica", "task", id, "pid", st.PID)
+		r.a.events.add("started", rep.Job, rep.Index, fmt.Sprintf("pid %d", st.PID))
 		published[id] = r.endpointFor(st, job, "")
 	}
 	keep := map[string]bool{}
@@ -442,6 +471,7 @@ func (r *reconciler) exited(t runtime.TaskStatus, job api.Job) (Endpoint, bool) 
 		r.noteExit(t.ID, job, code)
 		rs = r.restarts[t.ID]
 		rs.counted, rs.lastFinished = true, t.FinishedAt
+		r.a.events.add("exited", t.Job, t.Replica, fmt.Sprintf("exit code %d; restart %d in %s", code, rs.attempts, time.Until(rs.next).Round(100*time.Millisecond)))
 	}
 	// attempts counts exits; the first run plus MaxAttempts restarts may
 	// each exit before the replica is given up.

@@ -65,6 +65,9 @@ type ContainerdConfig struct {
 	PullTimeout time.Duration
 	// Log receives the driver's events; nil discards them.
 	Log *slog.Logger
+	// Notify, if set, is told of image pulls for a task: kinds
+	// "image-pull", "image-pulled" and "image-pull-failed".
+	Notify func(kind, task, message string)
 }
 
 // Containerd is the containerd driver: each task is an OCI container
@@ -208,7 +211,7 @@ func (c *Containerd) Start(ctx context.Context, spec TaskSpec) (TaskStatus, erro
 		return TaskStatus{}, fmt.Errorf("start task %s: look up container: %w", id, err)
 	}
 	began := time.Now()
-	img, err := c.ensureImage(ctx, cl, spec.Image)
+	img, err := c.ensureImage(ctx, cl, spec.Image, id)
 	if err != nil {
 		return TaskStatus{}, fmt.Errorf("start task %s: %w", id, err)
 	}
@@ -332,7 +335,7 @@ func (c *Containerd) specOpts(spec TaskSpec, img client.Image, nsPath string) []
 
 // ensureImage returns the image named ref, pulling and unpacking it when
 // the namespace lacks it.
-func (c *Containerd) ensureImage(ctx context.Context, cl *client.Client, ref string) (client.Image, error) {
+func (c *Containerd) ensureImage(ctx context.Context, cl *client.Client, ref, task string) (client.Image, error) {
 	name, err := normalizeRef(ref)
 	if err != nil {
 		return nil, err
@@ -342,7 +345,7 @@ func (c *Containerd) ensureImage(ctx context.Context, cl *client.Client, ref str
 		return nil, fmt.Errorf("look up image %s: %w", name, err)
 	}
 	if err != nil {
-		if err := c.pull(ctx, cl, name); err != nil {
+		if err := c.pull(ctx, cl, name, task); err != nil {
 			return nil, err
 		}
 		if img, err = cl.GetImage(ctx, name); err != nil {
@@ -363,7 +366,7 @@ func (c *Containerd) ensureImage(ctx context.Context, cl *client.Client, ref str
 
 // pull fetches ref from its registry, once at a time per reference, within
 // PullTimeout.
-func (c *Containerd) pull(ctx context.Context, cl *client.Client, ref string) error {
+func (c *Containerd) pull(ctx context.Context, cl *client.Client, ref, task string) error {
 	c.pullMu.Lock()
 	call, busy := c.pulls[ref]
 	if !busy {
@@ -389,17 +392,26 @@ func (c *Containerd) pull(ctx context.Context, cl *client.Client, ref string) er
 	defer cancel()
 	began := time.Now()
 	c.log.Info("pulling image", "image", ref)
+	c.notify("image-pull", task, "pulling "+ref)
 	stopProgress := c.logPullProgress(pctx, cl, ref, began)
 	img, err := cl.Pull(pctx, ref, client.WithPullUnpack, client.WithPullSnapshotter(c.cfg.Snapshotter))
 	stopProgress()
 	if err != nil {
 		call.err = fmt.Errorf("image %s is not present on this node and pulling it failed: %w", ref, err)
 		c.log.Warn("pull image failed", "image", ref, "err", err, "after", time.Since(began).Round(time.Millisecond))
+		c.notify("image-pull-failed", task, call.err.Error())
 		return call.err
 	}
 	size, _ := img.Size(pctx)
 	c.log.Info("pulled image", "image", ref, "bytes", size, "took", time.Since(began).Round(time.Millisecond))
+	c.notify("image-pulled", task, fmt.Sprintf("pulled %s (%d bytes) in %s", ref, size, time.Since(began).Round(time.Millisecond)))
 	return nil
+}
+
+func (c *Containerd) notify(kind, task, msg string) {
+	if c.cfg.Notify != nil {
+		c.cfg.Notify(kind, task, msg)
+	}
 }
 
 // pullProgressEvery is how often a running pull logs its progress.

@@ -77,6 +77,7 @@ func newRootCmd() *cobra.Command {
 		newInspectCmd(cf),
 		newLogsCmd(cf),
 		newImageCmd(cf),
+		newEventsCmd(cf),
 		newKeygenCmd(),
 		newCleanupCmd(),
 	)
