@@ -1,0 +1,20 @@
+// Package overlay gives every node a slice of one flat container network and
+// wires containers into it: it claims a node subnet without a master, builds
+// the node's bridge and VXLAN device, keeps the forwarding entries to every
+// peer in step with the membership view, hands out container addresses and
+// plugs containers in with veth pairs.
+//
+// The layout is flannel's vxlan backend: one VXLAN device per node with
+// learning off, and for every peer a static FDB entry (peer VTEP MAC to peer
+// underlay IP), a permanent neighbour entry (peer gateway to peer VTEP MAC)
+// and an on-link route for the peer subnet via that gateway. Nothing is
+// flooded and nothing is learnt, so a node knows exactly the peers it was
+// told about. Containers hang off a bridge that holds the node's gateway
+// address; traffic from containers to outside the overlay is masqueraded.
+//
+// Subnet claims (ProposeSubnet, NextClaim, MustRepick) and tag encoding
+// (Advert) are pure functions. Manager does the kernel work; every method
+// reconciles towards a desired state, so calling one again repairs what was
+// changed behind its back. The package knows nothing of jobs: containers are
+// "owners", opaque strings chosen by the caller.
+package overlay
