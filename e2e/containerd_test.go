@@ -59,20 +59,25 @@ func buildImageInto(t *testing.T, dir string) string {
 // LoadHello imports the hello image on every node through the API.
 func (c *Cluster) LoadHello(t *testing.T) {
 	t.Helper()
-	archive := HelloImage(t)
 	for _, n := range c.Nodes {
-		f, err := os.Open(archive)
-		if err != nil {
-			t.Fatal(err)
-		}
-		imgs, err := n.Client().LoadImage(context.Background(), f)
-		f.Close()
-		if err != nil {
-			t.Fatalf("load image on %s: %v", n.Name, err)
-		}
-		if len(imgs) != 1 || imgs[0].Name != HelloRef {
-			t.Fatalf("load image on %s: got %+v", n.Name, imgs)
-		}
+		n.LoadHello(t)
+	}
+}
+
+// LoadHello imports the hello image on n through its API.
+func (n *Node) LoadHello(t *testing.T) {
+	t.Helper()
+	f, err := os.Open(HelloImage(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	imgs, err := n.Client().LoadImage(context.Background(), f)
+	if err != nil {
+		t.Fatalf("load image on %s: %v", n.Name, err)
+	}
+	if len(imgs) != 1 || imgs[0].Name != HelloRef {
+		t.Fatalf("load image on %s: got %+v", n.Name, imgs)
 	}
 }
 

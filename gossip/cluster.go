@@ -43,6 +43,8 @@ type Cluster struct {
 	events chan serf.Event
 	// changes is signalled (coalesced) on every membership or tag change.
 	changes chan struct{}
+	subsMu  sync.Mutex
+	subs    []chan struct{}
 	done    chan struct{}
 	// stats counts serf events by type for metrics.
 	stats *EventStats
@@ -154,6 +156,14 @@ func (c *Cluster) run() {
 			case c.changes <- struct{}{}:
 			default:
 			}
+			c.subsMu.Lock()
+			for _, ch := range c.subs {
+				select {
+				case ch <- struct{}{}:
+				default:
+				}
+			}
+			c.subsMu.Unlock()
 		case <-c.serf.ShutdownCh():
 			return
 		}
@@ -161,8 +171,18 @@ func (c *Cluster) run() {
 }
 
 // Changes is signalled after any membership or tag change. Signals are
-// coalesced: a receiver re-reads Members.
+// coalesced: a receiver re-reads Members. It has one receiver (the
+// reconcile loop); others use Subscribe.
 func (c *Cluster) Changes() <-chan struct{} { return c.changes }
+
+// Subscribe returns a further channel signalled like Changes.
+func (c *Cluster) Subscribe() <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	c.subsMu.Lock()
+	c.subs = append(c.subs, ch)
+	c.subsMu.Unlock()
+	return ch
+}
 
 // Stats returns serf event counters.
 func (c *Cluster) Stats() *EventStats { return c.stats }

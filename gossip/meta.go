@@ -19,6 +19,7 @@ const (
 	tagRepCPU   = "rc"
 	tagRepMem   = "rm"
 	tagHealth   = "h"
+	tagOverlay  = "ov"
 	labelPrefix = "l."
 	HealthOK    = "ok"
 	HealthDrain = "draining"
@@ -49,6 +50,9 @@ type Meta struct {
 	Load     Load
 	Health   string
 	Labels   map[string]string
+	// Overlay is the node's overlay advert (subnet, claim time, VTEP MAC),
+	// opaque here; the overlay package encodes it.
+	Overlay string
 }
 
 // Tags encodes m as serf tags.
@@ -65,6 +69,9 @@ func (m Meta) Tags() map[string]string {
 		tagRepMem:   strconv.FormatInt(m.Load.ReplicaMemoryMB, 10),
 		tagHealth:   m.Health,
 	}
+	if m.Overlay != "" {
+		t[tagOverlay] = m.Overlay
+	}
 	for k, v := range m.Labels {
 		t[labelPrefix+k] = v
 	}
@@ -75,8 +82,9 @@ func (m Meta) Tags() map[string]string {
 // numbers read as zero, so a newer peer's tags never break an older node.
 func ParseMeta(tags map[string]string) Meta {
 	m := Meta{
-		PeerID: tags[tagPeerID],
-		Health: tags[tagHealth],
+		PeerID:  tags[tagPeerID],
+		Health:  tags[tagHealth],
+		Overlay: tags[tagOverlay],
 	}
 	m.P2PPort, _ = strconv.Atoi(tags[tagP2PPort])
 	m.Capacity.CPUMillis, _ = strconv.ParseInt(tags[tagCPU], 10, 64)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -46,6 +47,8 @@ type Agent struct {
 	runner     TaskRunner
 	reconciler *reconciler
 	events     *eventLog
+	// net is the overlay; nil when it is disabled.
+	net *overlayNet
 }
 
 // New validates cfg, starts the p2p host, membership and the API listener.
@@ -82,12 +85,30 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		a.store.Close()
 		return nil, err
 	}
+	if cfg.OverlayEnabled {
+		underlay, err := netip.ParseAddr(cfg.Gossip.BindAddr)
+		if err != nil || underlay.IsUnspecified() {
+			a.host.Close()
+			a.store.Close()
+			return nil, fmt.Errorf("overlay: --bind must be this node's address on the network peers reach it by (VXLAN packets leave from it), not %q", cfg.Gossip.BindAddr)
+		}
+		ocfg := cfg.Overlay
+		ocfg.StateDir = filepath.Join(cfg.Gossip.DataDir, "overlay")
+		if a.net, err = newOverlayNet(ocfg, cfg.Gossip.NodeName, underlay, cfg.OverlaySubnet, log.With("component", "overlay")); err != nil {
+			a.host.Close()
+			a.store.Close()
+			return nil, err
+		}
+	}
 	meta := gossip.Meta{
 		PeerID:   a.host.ID(),
 		P2PPort:  cfg.Gossip.P2PPort,
 		Capacity: gossip.Capacity{CPUMillis: cpu, MemoryMB: mem},
 		Health:   gossip.HealthOK,
 		Labels:   cfg.Labels,
+	}
+	if a.net != nil {
+		meta.Overlay = a.net.advert()
 	}
 	a.cluster, err = gossip.NewCluster(cfg.Gossip, meta, log)
 	if err != nil {
@@ -162,8 +183,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	// Loops outlive ctx so a drain can still place, start and stop.
 	loopCtx, stopLoops := context.WithCancel(context.Background())
 	defer stopLoops()
-	const loops = 5
+	loops := 5
+	if a.net != nil {
+		loops++
+	}
 	loopsDone := make(chan struct{}, loops)
+	if a.net != nil {
+		go func() { a.net.run(loopCtx, a.cluster, a.reconciler.networkMoved); loopsDone <- struct{}{} }()
+	}
 	go func() { a.joinLoop(loopCtx); loopsDone <- struct{}{} }()
 	go func() { a.loadLoop(loopCtx); loopsDone <- struct{}{} }()
 	go func() { a.sync.Run(loopCtx); loopsDone <- struct{}{} }()
@@ -180,6 +207,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if a.cfg.Drain && runErr == nil {
 		a.drain()
+	}
+	if a.cfg.Cleanup {
+		a.stopAll()
 	}
 	// Stop taking writes, then make sure the last acknowledged ones have
 	// left this node before the sync loops stop.
@@ -216,8 +246,17 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.host.Close(); err != nil {
 		a.log.Warn("shut down p2p host", "err", err)
 	}
-	// Tasks keep running: a restarted agent adopts them.
+	// Tasks keep running: a restarted agent adopts them, and the overlay
+	// stays up for them, unless this agent is retired (--cleanup).
 	a.tasks.Close()
+	if a.net != nil {
+		if a.cfg.Cleanup {
+			if err := a.net.mgr.Teardown(); err != nil {
+				a.log.Warn("remove overlay", "err", err)
+			}
+		}
+		a.net.mgr.Close()
+	}
 	if err := a.store.Close(); err != nil {
 		a.log.Warn("close state store", "err", err)
 	}
@@ -344,13 +383,22 @@ func (a *Agent) drain() {
 		}
 		break
 	}
+	a.stopAll()
+	a.log.Info("drained")
+}
+
+// stopAll stops every replica of this node and releases its overlay
+// address.
+func (a *Agent) stopAll() {
 	stopCtx, stopCancel := context.WithTimeout(context.Background(), time.Minute)
 	defer stopCancel()
 	tasks, _ := a.tasks.List(stopCtx)
 	for _, t := range tasks {
 		if err := a.tasks.Stop(stopCtx, t.ID); err != nil {
-			a.log.Warn("stop replica while draining", "task", t.ID, "err", err)
+			a.log.Warn("stop replica", "task", t.ID, "err", err)
+		}
+		if a.net != nil {
+			a.net.detach(stopCtx, "", t.ID)
 		}
 	}
-	a.log.Info("drained")
 }

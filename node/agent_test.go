@@ -37,6 +37,9 @@ func startAgent(t *testing.T, name, token string) *Agent {
 	cfg.Gossip.GossipKey = []byte("0123456789abcdef")
 	cfg.APIAddr = "127.0.0.1:0"
 	cfg.APIToken = token
+	// Loopback agents share the test's network namespace: the overlay,
+	// which builds devices in it, is tested in e2e namespaces instead.
+	cfg.OverlayEnabled = false
 	a, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatalf("start agent: %v", err)

@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/shoalmesh/shoal/gossip"
+	"github.com/shoalmesh/shoal/overlay"
 	"github.com/shoalmesh/shoal/runtime"
 	"github.com/shoalmesh/shoal/state"
 )
@@ -40,6 +42,16 @@ type Config struct {
 	// agent's containers (several agents may share a daemon).
 	Containerd          string
 	ContainerdNamespace string
+	// Overlay configures the VXLAN overlay; OverlayEnabled false leaves
+	// replicas with loopback only (a machine without VXLAN).
+	Overlay        overlay.Config
+	OverlayEnabled bool
+	// OverlaySubnet, if set, is claimed instead of a proposed subnet when
+	// the node has no claim yet (tests of the conflict rule).
+	OverlaySubnet netip.Prefix
+	// Cleanup makes shutdown stop every replica and remove the overlay's
+	// links, routes and rules: for an agent retired for good.
+	Cleanup bool
 	// PullTimeout bounds pulling an image a replica needs.
 	PullTimeout time.Duration
 	// LogMaxBytes is the size at which a replica's log file is rotated;
@@ -73,6 +85,8 @@ func DefaultConfig() Config {
 		ContainerdNamespace: "shoal",
 		LoadInterval:        3 * time.Second,
 		PullTimeout:         runtime.DefaultPullTimeout,
+		Overlay:             overlay.DefaultConfig(),
+		OverlayEnabled:      true,
 		LogMaxBytes:         10 << 20,
 		LogKeep:             3,
 		LeaveTimeout:        5 * time.Second,
@@ -106,6 +120,16 @@ func (c Config) Validate() error {
 	}
 	if c.LoadInterval <= 0 {
 		return errors.New("load interval: must be > 0")
+	}
+	if c.OverlayEnabled {
+		o := c.Overlay
+		o.StateDir = "" // set by the agent
+		if err := o.Validate(); err != nil {
+			return err
+		}
+		if c.OverlaySubnet.IsValid() && (c.OverlaySubnet.Bits() != o.SubnetBits || !o.OverlayCIDR.Contains(c.OverlaySubnet.Addr())) {
+			return fmt.Errorf("overlay subnet %s: must be a /%d inside %s", c.OverlaySubnet, o.SubnetBits, o.OverlayCIDR)
+		}
 	}
 	if c.PullTimeout <= 0 {
 		return errors.New("pull timeout: must be > 0")

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -120,8 +121,20 @@ type reconciler struct {
 
 	health *prober
 
+	// attached is each local replica's overlay address, with the netns
+	// and subnet generation it was attached for.
+	attached map[string]attachment
+	// netMoved is signalled when the node's overlay subnet changed.
+	netMoved chan struct{}
+
 	mu       sync.Mutex // guards snapshot
 	snapshot placement.Assignment
+}
+
+type attachment struct {
+	netns      string
+	generation int
+	ip         netip.Addr
 }
 
 type restartState struct {
@@ -139,6 +152,7 @@ const stableAfter = 10 * time.Minute
 
 func newReconciler(a *Agent, runner TaskRunner, cfg ReconcileConfig) *reconciler {
 	return &reconciler{a: a, runner: runner, cfg: cfg, moveSince: map[string]time.Time{}, restarts: map[string]*restartState{},
+		attached: map[string]attachment{}, netMoved: make(chan struct{}, 1),
 		health: newProber(a.healthChanged, func(id string, healthy bool, msg string) {
 			job, replica := splitTaskID(id)
 			if healthy {
@@ -189,6 +203,9 @@ func (r *reconciler) run(ctx context.Context) {
 			if len(r.moveSince) > 0 {
 				schedule(r.cfg.Debounce)
 			}
+		case <-r.netMoved:
+			// New addresses for every replica, published at once.
+			r.pass(ctx)
 		case <-r.a.healthChanged:
 			// Publish health at once: load balancers act on it.
 			r.pass(ctx)
@@ -199,6 +216,34 @@ func (r *reconciler) run(ctx context.Context) {
 			r.pass(ctx)
 		}
 	}
+}
+
+// networkMoved is called (from the overlay's goroutine) when the node's
+// subnet changed: every replica needs a new address.
+func (r *reconciler) networkMoved() {
+	select {
+	case r.netMoved <- struct{}{}:
+	default:
+	}
+}
+
+// attach makes sure a running replica is on the overlay and returns its
+// address; attaching is repeated only for a new netns or a new subnet.
+func (r *reconciler) attach(t runtime.TaskStatus) (netip.Addr, error) {
+	if r.a.net == nil || t.NetNS == "" {
+		return netip.Addr{}, nil
+	}
+	gen, _ := r.a.net.state()
+	if at, ok := r.attached[t.ID]; ok && at.netns == t.NetNS && at.generation == gen {
+		return at.ip, nil
+	}
+	ip, err := r.a.net.attach(context.Background(), t.NetNS, t.ID)
+	if err != nil {
+		delete(r.attached, t.ID)
+		return netip.Addr{}, fmt.Errorf("attach to the overlay: %w", err)
+	}
+	r.attached[t.ID] = attachment{netns: t.NetNS, generation: gen, ip: ip}
+	return ip, nil
 }
 
 // view is the alive, non-draining members as placement sees them.
@@ -432,6 +477,14 @@ func (r *reconciler) pass(ctx context.Context) {
 		inUse[id] = true
 	}
 	r.sweepEphemeral(inUse)
+	if r.a.net != nil && err == nil {
+		r.a.net.sweep(ctx, inUse)
+		for id := range r.attached {
+			if !inUse[id] {
+				delete(r.attached, id)
+			}
+		}
+	}
 }
 
 // taskCallTimeout bounds one Start or Stop (a stop waits out the task's
@@ -442,7 +495,12 @@ const taskCallTimeout = 30 * time.Second
 func (r *reconciler) stopTask(ctx context.Context, id string) error {
 	sctx, cancel := context.WithTimeout(ctx, taskCallTimeout)
 	defer cancel()
-	return r.runner.Stop(sctx, id)
+	err := r.runner.Stop(sctx, id)
+	if err == nil && r.a.net != nil {
+		r.a.net.detach(ctx, "", id)
+		delete(r.attached, id)
+	}
+	return err
 }
 
 // exited decides what an exited task means under the job's restart policy.
@@ -528,6 +586,9 @@ func (r *reconciler) taskSpec(job api.Job, rep placement.Replica) (runtime.TaskS
 	if len(job.Task.Mounts) > 0 && job.Task.Driver != api.DriverContainerd {
 		return runtime.TaskSpec{}, fmt.Errorf("mounts need the containerd driver")
 	}
+	if r.a.net != nil && job.Task.Driver == api.DriverContainerd {
+		spec.Mounts = append(spec.Mounts, runtime.Mount{Source: r.a.net.resolvConf, Target: "/etc/resolv.conf", ReadOnly: true})
+	}
 	for _, m := range job.Task.Mounts {
 		dir, err := r.volumeDir(job, id, m.Volume)
 		if err != nil {
@@ -606,6 +667,18 @@ func (r *reconciler) endpointFor(t runtime.TaskStatus, job api.Job, msg string) 
 	}
 	if rs := r.restarts[t.ID]; rs != nil {
 		ep.Restarts = rs.attempts
+	}
+	if t.State == runtime.StateRunning {
+		ip, err := r.attach(t)
+		switch {
+		case err != nil:
+			r.a.log.Warn("attach replica", "task", t.ID, "err", err)
+			if ep.Message == "" {
+				ep.Message = err.Error()
+			}
+		case ip.IsValid():
+			ep.IP = ip.String()
+		}
 	}
 	if t.State == runtime.StateRunning && job.Health != nil {
 		r.health.ensure(t, job.Health)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -109,6 +110,16 @@ with 'shoal keygen' and give the same values to every agent.`,
 	f.BoolVar(&cfg.Gossip.Compression, "gossip-compression", false, "compress gossip packets (fewer bytes, more CPU)")
 	f.DurationVar(&cfg.LoadInterval, "load-interval", cfg.LoadInterval, "interval between load updates in gossip")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.BoolVar(&cfg.OverlayEnabled, "overlay", cfg.OverlayEnabled, "connect replicas to the VXLAN overlay (one IP per replica, reachable from every node)")
+	f.Var(prefixValue{&cfg.Overlay.OverlayCIDR}, "overlay-cidr", "overlay range shared by the cluster; every node claims a subnet of it")
+	f.IntVar(&cfg.Overlay.SubnetBits, "overlay-subnet-bits", cfg.Overlay.SubnetBits, "prefix length of each node's subnet")
+	f.Var(prefixValue{&cfg.OverlaySubnet}, "overlay-subnet", "claim this subnet when the node has no claim yet (default: proposed from the node name)")
+	f.IntVar(&cfg.Overlay.VNI, "vxlan-vni", cfg.Overlay.VNI, "VXLAN network identifier")
+	f.IntVar(&cfg.Overlay.VXLANPort, "vxlan-port", cfg.Overlay.VXLANPort, "VXLAN UDP port")
+	f.IntVar(&cfg.Overlay.MTU, "overlay-mtu", cfg.Overlay.MTU, "MTU of the bridge, VXLAN device and replica veths (0: underlay MTU - 50)")
+	f.StringVar(&cfg.Overlay.BridgeName, "overlay-bridge", cfg.Overlay.BridgeName, "name of the node's bridge (its gateway address is the replicas' DNS)")
+	f.StringVar(&cfg.Overlay.VXLANName, "overlay-vxlan", cfg.Overlay.VXLANName, "name of the node's VXLAN device")
+	f.BoolVar(&cfg.Cleanup, "cleanup", false, "on SIGTERM/SIGINT, stop every replica and remove the overlay's links, routes and rules (an agent retired for good)")
 	return cmd
 }
 
@@ -157,3 +168,24 @@ func applyConfigFile(flags *pflag.FlagSet, path string) error {
 	}
 	return nil
 }
+
+// prefixValue is a pflag.Value for a netip.Prefix; empty means unset.
+type prefixValue struct{ p *netip.Prefix }
+
+func (v prefixValue) String() string {
+	if v.p == nil || !v.p.IsValid() {
+		return ""
+	}
+	return v.p.String()
+}
+
+func (v prefixValue) Set(s string) error {
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return fmt.Errorf("want an IPv4 prefix such as 10.42.0.0/16: %w", err)
+	}
+	*v.p = p
+	return nil
+}
+
+func (prefixValue) Type() string { return "prefix" }

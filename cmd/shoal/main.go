@@ -80,6 +80,7 @@ func newRootCmd() *cobra.Command {
 		newEventsCmd(cf),
 		newKeygenCmd(),
 		newCleanupCmd(),
+		newDevCmd(),
 	)
 	return root
 }
