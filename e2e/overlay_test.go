@@ -254,7 +254,6 @@ func TestOverlaySubnetConflictIsResolved(t *testing.T) {
 	})
 }
 
-
 func TestCleanupOnShutdownRemovesTheOverlay(t *testing.T) {
 	c := NewCluster(t)
 	n := c.AddNode(WithArgs("--cleanup"))
