@@ -80,7 +80,6 @@ func newRootCmd() *cobra.Command {
 		newEventsCmd(cf),
 		newKeygenCmd(),
 		newCleanupCmd(),
-		newDevCmd(),
 	)
 	return root
 }
