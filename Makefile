@@ -17,7 +17,7 @@ test: build lint ## unit tests, e2e tests in network namespaces (root), brief fu
 	SHOAL_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 15m ./...
 
 fuzz: ## run every fuzz target for FUZZTIME (decoders of peer messages, job parser)
-	@set -e; for t in api:FuzzParseJob api:FuzzValidateJob state:FuzzDecodeRecords state:FuzzDecodeDigest gossip:FuzzReadRecordFrames overlay:FuzzParseTag; do \
+	@set -e; for t in api:FuzzParseJob api:FuzzValidateJob state:FuzzDecodeRecords state:FuzzDecodeDigest gossip:FuzzReadRecordFrames overlay:FuzzParseTag lb:FuzzDNSAnswer; do \
 		pkg=$${t%%:*}; fn=$${t#*:}; \
 		echo "fuzz $$fn ($$pkg, $(FUZZTIME))"; \
 		$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 200x ./$$pkg >/tmp/shoal-fuzz.log 2>&1 || { cat /tmp/shoal-fuzz.log; exit 1; }; \
@@ -40,11 +40,12 @@ lint: ## gofmt and go vet
 deps: ## install the system packages tests and the demo need (Debian, root)
 	./scripts/install-deps.sh
 
-demo: deps build ## a 3-node cluster in network namespaces on this machine
-	./scripts/demo.sh up
+demo: deps build ## a 3-node cluster in network namespaces on this machine, running two demo jobs
+	$(BIN) dev up
+	SHOAL_BIN=$(CURDIR)/$(BIN) ./scripts/demo.sh jobs
 
 demo-down: ## remove everything the demo made
-	./scripts/demo.sh down
+	$(BIN) dev down
 
 clean:
 	rm -rf bin

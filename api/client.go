@@ -235,3 +235,10 @@ func (c *Client) Events(ctx context.Context, since uint64, job string) ([]Event,
 	err := c.Do(ctx, http.MethodGet, "/v1/events?"+q.Encode(), nil, &out)
 	return out, err
 }
+
+// Services lists every service as the called node programs it.
+func (c *Client) Services(ctx context.Context) ([]ServiceStatus, error) {
+	var out []ServiceStatus
+	err := c.Do(ctx, http.MethodGet, "/v1/services", nil, &out)
+	return out, err
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net/netip"
 	"path"
 	"reflect"
 	"slices"
@@ -232,6 +233,10 @@ type Service struct {
 	NodePort int `json:"node_port,omitempty"`
 	// Strategy is round_robin (the default), random, source_hash or maglev.
 	Strategy string `json:"strategy,omitempty"`
+	// VIP is the service's virtual IP. Shoal assigns one from the service
+	// range when the job is first stored and keeps it for the job's life;
+	// a client may ask for a free address of the range instead.
+	VIP string `json:"vip,omitempty"`
 }
 
 // HealthCheck probes a replica; exactly one of HTTP, TCP and Exec is set.
@@ -1114,6 +1119,11 @@ func (j *Job) validateService() *FieldError {
 	}
 	if s.NodePort != 0 && (s.NodePort < 30000 || s.NodePort > 32767) {
 		return fieldErr("service.node_port", "must be 0 or between 30000 and 32767")
+	}
+	if s.VIP != "" {
+		if ip, err := netip.ParseAddr(s.VIP); err != nil || !ip.Is4() {
+			return fieldErr("service.vip", "not an IPv4 address: %q", clip(s.VIP, 64))
+		}
 	}
 	if msg := oneOf(s.Strategy, StrategyRoundRobin, StrategyRandom, StrategySourceHash, StrategyMaglev); msg != "" {
 		return fieldErr("service.strategy", "%s", msg)

@@ -83,3 +83,25 @@ type Event struct {
 	Replica int       `json:"replica"`
 	Message string    `json:"message"`
 }
+
+// ServiceStatus is one service as GET /v1/services reports it: what the
+// called node programs.
+type ServiceStatus struct {
+	Name      string            `json:"name"`
+	Job       string            `json:"job"`
+	VIP       string            `json:"vip"`
+	Port      int               `json:"port"`
+	Protocol  string            `json:"protocol"`
+	NodePort  int               `json:"node_port,omitempty"`
+	Strategy  string            `json:"strategy"`
+	Endpoints []ServiceEndpoint `json:"endpoints"`
+}
+
+// ServiceEndpoint is one replica behind a service.
+type ServiceEndpoint struct {
+	Node    string `json:"node"`
+	Replica int    `json:"replica"`
+	IP      string `json:"ip"`
+	Port    int    `json:"port"`
+	Healthy bool   `json:"healthy"`
+}

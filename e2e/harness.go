@@ -141,6 +141,8 @@ func NewCluster(t *testing.T) *Cluster {
 		{"ip", "-n", c.hub, "link", "set", "lo", "up"},
 		{"ip", "-n", c.hub, "link", "add", "br0", "type", "bridge"},
 		{"ip", "-n", c.hub, "link", "set", "br0", "up"},
+		// The hub is also a client outside the cluster (node ports).
+		{"ip", "-n", c.hub, "addr", "add", "10.99.0.1/24", "dev", "br0"},
 	} {
 		if err := run(cmd...); err != nil {
 			t.Fatalf("create hub: %v", err)

@@ -49,6 +49,8 @@ type Agent struct {
 	events     *eventLog
 	// net is the overlay; nil when it is disabled.
 	net *overlayNet
+	// lb programs services; nil with --lb off.
+	lb *serviceLB
 }
 
 // New validates cfg, starts the p2p host, membership and the API listener.
@@ -151,6 +153,15 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	a.runner = a.tasks
 	a.reconciler = newReconciler(a, a.runner, cfg.Reconcile)
 	a.metrics = newMetrics(a.cluster, a.sync, a.store)
+	if cfg.LB != LBOff {
+		if a.lb, err = newServiceLB(a, a.net, log.With("component", "lb")); err != nil {
+			a.tasks.Close()
+			a.cluster.Shutdown()
+			a.host.Close()
+			a.store.Close()
+			return nil, fmt.Errorf("start load balancer: %w", err)
+		}
+	}
 	a.metrics.reg.MustRegister(&replicaCollector{a: a})
 
 	a.ln, err = net.Listen("tcp", cfg.APIAddr)
@@ -188,6 +199,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		loops++
 	}
 	loopsDone := make(chan struct{}, loops)
+	if a.lb != nil {
+		loops++
+		go func() { a.lb.run(loopCtx); loopsDone <- struct{}{} }()
+	}
 	if a.net != nil {
 		go func() { a.net.run(loopCtx, a.cluster, a.reconciler.networkMoved); loopsDone <- struct{}{} }()
 	}
@@ -245,6 +260,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if err := a.host.Close(); err != nil {
 		a.log.Warn("shut down p2p host", "err", err)
+	}
+	if a.lb != nil {
+		// The rules stay for the replicas of other nodes and a restarted
+		// agent; a retired one removes them.
+		if a.cfg.Cleanup {
+			a.lb.teardown()
+		}
+		a.lb.close()
 	}
 	// Tasks keep running: a restarted agent adopts them, and the overlay
 	// stays up for them, unless this agent is retired (--cleanup).
@@ -337,6 +360,13 @@ func (a *Agent) loadLoop(ctx context.Context) {
 	}
 }
 
+// servicesChanged asks the load balancer to resync.
+func (a *Agent) servicesChanged() {
+	if a.lb != nil {
+		a.lb.changed()
+	}
+}
+
 // onPeerRecords is called by state sync with records a peer changed.
 func (a *Agent) onPeerRecords(recs []state.Record) {
 	for _, r := range recs {
@@ -348,6 +378,7 @@ func (a *Agent) onPeerRecords(recs []state.Record) {
 			case a.endpointsChanged <- struct{}{}:
 			default:
 			}
+			a.servicesChanged()
 		}
 	}
 }

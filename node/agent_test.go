@@ -40,6 +40,7 @@ func startAgent(t *testing.T, name, token string) *Agent {
 	// Loopback agents share the test's network namespace: the overlay,
 	// which builds devices in it, is tested in e2e namespaces instead.
 	cfg.OverlayEnabled = false
+	cfg.LB = LBOff
 	a, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatalf("start agent: %v", err)

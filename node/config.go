@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/shoalmesh/shoal/gossip"
+	"github.com/shoalmesh/shoal/lb"
 	"github.com/shoalmesh/shoal/overlay"
 	"github.com/shoalmesh/shoal/runtime"
 	"github.com/shoalmesh/shoal/state"
@@ -52,6 +53,15 @@ type Config struct {
 	// Cleanup makes shutdown stop every replica and remove the overlay's
 	// links, routes and rules: for an agent retired for good.
 	Cleanup bool
+	// LB is how services are load-balanced: LBNftables (the default),
+	// LBUserspace (a proxy for node ports, where nftables cannot be used)
+	// or LBOff. LBTable names the nftables table.
+	LB      string
+	LBTable string
+	// ServiceCIDR holds the services' virtual IPs.
+	ServiceCIDR netip.Prefix
+	// DNS serves NAME.shoal. on the overlay bridge's gateway (port 53).
+	DNS bool
 	// PullTimeout bounds pulling an image a replica needs.
 	PullTimeout time.Duration
 	// LogMaxBytes is the size at which a replica's log file is rotated;
@@ -87,6 +97,10 @@ func DefaultConfig() Config {
 		PullTimeout:         runtime.DefaultPullTimeout,
 		Overlay:             overlay.DefaultConfig(),
 		OverlayEnabled:      true,
+		LB:                  LBNftables,
+		LBTable:             lb.DefaultTable,
+		ServiceCIDR:         lb.DefaultServiceCIDR,
+		DNS:                 true,
 		LogMaxBytes:         10 << 20,
 		LogKeep:             3,
 		LeaveTimeout:        5 * time.Second,
@@ -130,6 +144,17 @@ func (c Config) Validate() error {
 		if c.OverlaySubnet.IsValid() && (c.OverlaySubnet.Bits() != o.SubnetBits || !o.OverlayCIDR.Contains(c.OverlaySubnet.Addr())) {
 			return fmt.Errorf("overlay subnet %s: must be a /%d inside %s", c.OverlaySubnet, o.SubnetBits, o.OverlayCIDR)
 		}
+	}
+	switch c.LB {
+	case LBNftables, LBUserspace, LBOff:
+	default:
+		return fmt.Errorf("lb %q: want %s, %s or %s", c.LB, LBNftables, LBUserspace, LBOff)
+	}
+	if !c.ServiceCIDR.IsValid() || !c.ServiceCIDR.Addr().Is4() || c.ServiceCIDR.Bits() > 30 {
+		return fmt.Errorf("service cidr %s: want an IPv4 range of at least 4 addresses", c.ServiceCIDR)
+	}
+	if c.OverlayEnabled && c.ServiceCIDR.Overlaps(c.Overlay.OverlayCIDR) {
+		return fmt.Errorf("service cidr %s overlaps the overlay %s", c.ServiceCIDR, c.Overlay.OverlayCIDR)
 	}
 	if c.PullTimeout <= 0 {
 		return errors.New("pull timeout: must be > 0")

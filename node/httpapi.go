@@ -60,6 +60,7 @@ func (a *Agent) routes() http.Handler {
 	r.handle("GET", "/v1/jobs/{id}/logs", a.handleLogs)
 	r.handle("GET", "/v1/images", a.handleListImages)
 	r.handle("GET", "/v1/events", a.handleEvents)
+	r.handle("GET", "/v1/services", a.handleServices)
 	r.handle("POST", "/v1/images", a.handleLoadImage)
 	return a.metrics.instrument(a.authenticate(r.mux))
 }

@@ -141,16 +141,22 @@ func (a *Agent) handlePutJob(w http.ResponseWriter, r *http.Request) {
 	}
 	expected := job.Version
 	job.Version = ""
-	stored, err := json.Marshal(job)
-	if err != nil {
-		writeError(w, http.StatusInternalServerError, "encode job: %v", err)
-		return
-	}
 
 	// Compare-and-set and the write happen under one lock so that two API
 	// calls on this node cannot both pass the same version check.
 	a.jobsMu.Lock()
 	cur, exists := a.store.Get(kindJob, job.ID)
+	if code, err := a.assignService(&job, cur, exists); err != nil {
+		a.jobsMu.Unlock()
+		writeError(w, code, "%v", err)
+		return
+	}
+	stored, err := json.Marshal(job)
+	if err != nil {
+		a.jobsMu.Unlock()
+		writeError(w, http.StatusInternalServerError, "encode job: %v", err)
+		return
+	}
 	if expected != "" {
 		if !exists {
 			a.jobsMu.Unlock()
@@ -253,6 +259,7 @@ func (a *Agent) handleDeleteJob(w http.ResponseWriter, r *http.Request) {
 
 // notifyJobs wakes whatever waits for job changes (placement, later).
 func (a *Agent) notifyJobs() {
+	a.servicesChanged()
 	select {
 	case a.jobsChanged <- struct{}{}:
 	default:

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/shoalmesh/shoal/gossip"
+	"github.com/shoalmesh/shoal/lb"
 	"github.com/shoalmesh/shoal/runtime"
 	"github.com/shoalmesh/shoal/state"
 )
@@ -27,6 +28,17 @@ type metrics struct {
 	unplaced         prometheus.Gauge
 	apiRequests      *prometheus.CounterVec
 	apiLatency       *prometheus.HistogramVec
+	lbSyncs          *prometheus.CounterVec
+	lbSyncSeconds    prometheus.Histogram
+	lbEndpoints      *prometheus.GaugeVec
+}
+
+// setServiceEndpoints replaces the per-service endpoint gauges.
+func (m *metrics) setServiceEndpoints(stats []lb.ServiceStat) {
+	m.lbEndpoints.Reset()
+	for _, st := range stats {
+		m.lbEndpoints.WithLabelValues(st.Key).Set(float64(st.Endpoints))
+	}
 }
 
 var (
@@ -74,6 +86,11 @@ func newMetrics(c *gossip.Cluster, s *gossip.StateSync, st *state.Store) *metric
 	m.placementMoved = prometheus.NewCounter(prometheus.CounterOpts{Name: "shoal_placement_moved_replicas_total", Help: "Replicas whose node changed between consecutive placements."})
 	m.unplaced = prometheus.NewGauge(prometheus.GaugeOpts{Name: "shoal_placement_unplaced_replicas", Help: "Replicas that fit on no node in the last placement."})
 	m.reg.MustRegister(m.placementRuns, m.placementSeconds, m.placementMoved, m.unplaced)
+	m.lbSyncs = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "shoal_lb_syncs_total", Help: "Load-balancer rule syncs (one atomic nftables transaction each), by result."}, []string{"result"})
+	m.lbSyncSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "shoal_lb_sync_seconds", Help: "Time to compute and apply the load-balancer table.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)})
+	m.lbEndpoints = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "shoal_lb_service_endpoints", Help: "Healthy endpoints receiving traffic, per service port (name/proto/port)."}, []string{"service"})
+	m.reg.MustRegister(m.lbSyncs, m.lbSyncSeconds, m.lbEndpoints)
 	m.reg.MustRegister(m.apiRequests, m.apiLatency,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&clusterCollector{c: c}, &stateCollector{sync: s, store: st})

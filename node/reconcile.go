@@ -742,6 +742,7 @@ func (r *reconciler) publish(eps map[string]Endpoint) {
 	}
 	if len(out) > 0 {
 		r.a.sync.Publish(out)
+		r.a.servicesChanged()
 	}
 	if err := r.a.cluster.UpdateMeta(func(m *gossip.Meta) { m.Load.Replicas = running }); err != nil {
 		r.a.log.Warn("publish replica count", "err", err)

@@ -195,6 +195,15 @@ func (m *Manager) attach(ctx context.Context, nsPath, owner string, addr netip.A
 			return fmt.Errorf("add %s to bridge %s: %w", hostName, m.cfg.BridgeName, err)
 		}
 	}
+	// Hairpin: with br_netfilter loaded, a replica's connection to its own
+	// service VIP that the load balancer sends back to the same replica is
+	// bridged out of the port it came in on, which a bridge does only in
+	// hairpin mode (kubelet's hairpin-veth).
+	if ha.Protinfo == nil || !ha.Protinfo.Hairpin {
+		if err := m.h.LinkSetHairpin(host, true); err != nil {
+			return fmt.Errorf("set hairpin mode on %s: %w", hostName, err)
+		}
+	}
 	if ha.Flags&net.FlagUp == 0 {
 		if err := m.h.LinkSetUp(host); err != nil {
 			return fmt.Errorf("set %s up: %w", hostName, err)

@@ -150,6 +150,9 @@ func (m *Manager) Setup(ctx context.Context, subnet netip.Prefix, underlayIP net
 	if err := m.inNetNS(enableIPForward); err != nil {
 		return fmt.Errorf("set up overlay: %w", err)
 	}
+	if err := m.inNetNS(disableRedirects(m.cfg.BridgeName)); err != nil {
+		return fmt.Errorf("set up overlay: %w", err)
+	}
 	if err := m.syncMasquerade(subnet); err != nil {
 		return fmt.Errorf("set up overlay: %w", err)
 	}

@@ -57,3 +57,28 @@ func enableIPForward() error {
 	}
 	return nil
 }
+
+// disableRedirects turns off ICMP redirects on the bridge (and "all",
+// which the kernel ORs in). A container whose packet the node routes back
+// out of the bridge it came in on (a replica calling its own service's
+// VIP) would otherwise get redirects, and the redirect bookkeeping resets
+// that host's ICMP rate limit, so a port-unreachable that should follow
+// (UDP to a service without endpoints) is dropped.
+func disableRedirects(bridge string) func() error {
+	return func() error {
+		for _, dev := range []string{"all", bridge} {
+			p := "/proc/sys/net/ipv4/conf/" + dev + "/send_redirects"
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return fmt.Errorf("read %s: %w", p, err)
+			}
+			if string(bytes.TrimSpace(b)) == "0" {
+				continue
+			}
+			if err := os.WriteFile(p, []byte("0"), 0o644); err != nil {
+				return fmt.Errorf("disable ICMP redirects on %s: %w", dev, err)
+			}
+		}
+		return nil
+	}
+}

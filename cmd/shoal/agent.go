@@ -119,6 +119,10 @@ with 'shoal keygen' and give the same values to every agent.`,
 	f.IntVar(&cfg.Overlay.MTU, "overlay-mtu", cfg.Overlay.MTU, "MTU of the bridge, VXLAN device and replica veths (0: underlay MTU - 50)")
 	f.StringVar(&cfg.Overlay.BridgeName, "overlay-bridge", cfg.Overlay.BridgeName, "name of the node's bridge (its gateway address is the replicas' DNS)")
 	f.StringVar(&cfg.Overlay.VXLANName, "overlay-vxlan", cfg.Overlay.VXLANName, "name of the node's VXLAN device")
+	f.StringVar(&cfg.LB, "lb", cfg.LB, "service load balancing: nftables (VIPs and node ports in one atomic table), userspace (a proxy for node ports) or off")
+	f.StringVar(&cfg.LBTable, "lb-table", cfg.LBTable, "name of the nftables table of the load balancer")
+	f.Var(prefixValue{&cfg.ServiceCIDR}, "service-cidr", "range of the services' virtual IPs (same on every node)")
+	f.BoolVar(&cfg.DNS, "dns", cfg.DNS, "answer DNS for NAME.shoal. on the overlay gateway, port 53 (replicas' resolver)")
 	f.BoolVar(&cfg.Cleanup, "cleanup", false, "on SIGTERM/SIGINT, stop every replica and remove the overlay's links, routes and rules (an agent retired for good)")
 	return cmd
 }
