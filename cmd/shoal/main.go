@@ -78,6 +78,7 @@ func newRootCmd() *cobra.Command {
 		newLogsCmd(cf),
 		newImageCmd(cf),
 		newEventsCmd(cf),
+		newServicesCmd(cf),
 		newKeygenCmd(),
 		newCleanupCmd(),
 	)
