@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"sort"
 	"strings"
 	"testing"
@@ -264,5 +265,26 @@ func TestServiceSurvivesANodeKill(t *testing.T) {
 		if n == c.Nodes[2].Name {
 			t.Errorf("the dead node's endpoint is still programmed: %v", after)
 		}
+	}
+}
+
+func TestUserspaceProxyServesNodePorts(t *testing.T) {
+	c := NewCluster(t)
+	n1 := c.AddNode(WithArgs("--lb", "userspace"))
+	n2 := c.AddNode(WithArgs("--lb", "userspace"))
+	c.LoadHello(t)
+	if _, err := n1.Client().PutJob(context.Background(), webService("web", 2, "round_robin")); err != nil {
+		t.Fatal(err)
+	}
+	waitHealthyEndpoints(t, c.Nodes, "web", 2)
+	for _, n := range []*Node{n1, n2} {
+		Eventually(t, 10*time.Second, "node port via the proxy on "+n.Name, func() (bool, string) {
+			out, err := httpGetFrom("/run/netns/"+c.hub, "http://"+n.IP+":30080/")
+			return err == nil && strings.Contains(out, "hello from web-"), fmt.Sprint(out, err)
+		})
+	}
+	tables, _ := exec.Command("ip", "netns", "exec", n1.NS, "nft", "list", "tables").CombinedOutput()
+	if strings.Contains(string(tables), "table ip shoal\n") {
+		t.Errorf("userspace mode programmed nftables: %s", tables)
 	}
 }
