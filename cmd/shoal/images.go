@@ -16,7 +16,7 @@ func newImageCmd(cf *clientFlags) *cobra.Command {
 		Use:   "image",
 		Short: "Load and list container images on a node",
 	}
-	cmd.AddCommand(newImageLoadCmd(cf), newImageLsCmd(cf))
+	cmd.AddCommand(newImageLoadCmd(cf), newImageLsCmd(cf), newImageBuildCmd())
 	return cmd
 }
 

@@ -81,6 +81,7 @@ func newRootCmd() *cobra.Command {
 		newServicesCmd(cf),
 		newKeygenCmd(),
 		newCleanupCmd(),
+		newDevCmd(),
 	)
 	return root
 }
