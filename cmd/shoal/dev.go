@@ -24,7 +24,7 @@ it: every node is an agent in its own network namespace, joined to the others
 by a bridge, and the host reaches every node's API through a link of its own.
 Needs root.`,
 	}
-	cmd.AddCommand(newDevUpCmd(), newDevDownCmd(), newDevStatusCmd())
+	cmd.AddCommand(newDevUpCmd(), newDevDownCmd(), newDevStatusCmd(), newDevKillCmd())
 	return cmd
 }
 
@@ -236,4 +236,26 @@ func printStatus(out io.Writer, s devcluster.Status) {
 	if s.Image != "" {
 		fmt.Fprintf(out, "image:      %s\n", s.Image)
 	}
+}
+
+func newDevKillCmd() *cobra.Command {
+	var name, dir string
+	cmd := &cobra.Command{
+		Use:   "kill NODE",
+		Short: "Make one node fail like a machine: SIGKILL its agent and kill its replicas",
+		Long: `Kills the node's agent with SIGKILL (no graceful leave) and every container and
+task it ran, as if the machine had lost power. The other nodes declare it
+failed within a few seconds and start its replicas again among themselves.
+'dev down' removes what is left of it.`,
+		Example: "  shoal dev kill n3",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Minute)
+			defer cancel()
+			return devcluster.Kill(ctx, name, dir, args[0], cmd.OutOrStdout())
+		},
+	}
+	cmd.Flags().StringVar(&name, "name", devcluster.DefaultName, "cluster name")
+	cmd.Flags().StringVar(&dir, "dir", "", "cluster directory, if 'dev up' was given one (default: found by name)")
+	return cmd
 }
