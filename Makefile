@@ -40,7 +40,7 @@ lint: ## gofmt and go vet
 deps: ## install the system packages tests and the demo need (Debian, root)
 	./scripts/install-deps.sh
 
-demo: deps build ## a 3-node cluster in network namespaces on this machine, running two demo jobs
+demo: deps build ## a 3-node cluster in network namespaces on this machine, serving the demo service on node port 30080
 	$(BIN) dev up
 	SHOAL_BIN=$(CURDIR)/$(BIN) ./scripts/demo.sh jobs
 

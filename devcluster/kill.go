@@ -5,8 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"syscall"
+	"time"
 
+	"github.com/shoalmesh/shoal/api"
 	shoalrt "github.com/shoalmesh/shoal/runtime"
 )
 
@@ -62,6 +66,44 @@ func Kill(ctx context.Context, name, dir, node string, w io.Writer) error {
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("kill the replicas of %s: %w", node, err)
 	}
-	say("killed every replica of %s: the other nodes see it fail in a few seconds and start them again", node)
-	return nil
+	say("killed every replica of %s", node)
+	return waitFailed(ctx, plan, target, say)
+}
+
+// waitFailed waits until another node's API reports node failed, so what
+// follows a kill sees the cluster after it noticed.
+func waitFailed(ctx context.Context, plan Plan, node *NodePlan, say func(string, ...any)) error {
+	raw, err := os.ReadFile(filepath.Join(plan.Dir, "env"))
+	if err != nil {
+		return fmt.Errorf("read the cluster's env file: %w", err)
+	}
+	_, token := ParseEnvFile(string(raw))
+	var other *NodePlan
+	for i := range plan.Nodes {
+		if plan.Nodes[i].Name != node.Name {
+			other = &plan.Nodes[i]
+			break
+		}
+	}
+	if other == nil {
+		return nil // a one-node cluster: nobody to notice
+	}
+	c := api.NewClient(other.APIAddr(), token, nil)
+	began := time.Now()
+	for {
+		nodes, err := c.Nodes(ctx)
+		if err == nil {
+			for _, m := range nodes {
+				if m.Name == node.Name && m.Status != "alive" {
+					say("%s sees %s %s after %s; its replicas start on the others", other.Name, node.Name, m.Status, time.Since(began).Round(100*time.Millisecond))
+					return nil
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for %s to see %s fail: %w", other.Name, node.Name, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }

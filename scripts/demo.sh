@@ -2,8 +2,9 @@
 # The jobs of `make demo`, run on the cluster `shoal dev up` started (the
 # cluster itself is Go: see `shoal dev --help`).
 #   scripts/demo.sh up     shoal dev up, then the jobs below
-#   scripts/demo.sh jobs   submit an exec job and a containerd job, wait
-#                          until their replicas run, print `shoal ps`
+#   scripts/demo.sh jobs   run examples/web.yaml (3 replicas behind a VIP and
+#                          node port 30080), print `shoal ps` and
+#                          `shoal services`, and curl the node port
 #   scripts/demo.sh down   shoal dev down
 # SHOAL_BIN names the shoal binary (default bin/shoal), SHOAL_DEV_NAME the
 # cluster (default dev).
@@ -32,39 +33,35 @@ submit_jobs() {
 	[[ -r $ENV_FILE ]] || die "no dev cluster $NAME (no $ENV_FILE); start one with '$BIN dev up'"
 	# shellcheck disable=SC1090
 	source "$ENV_FILE"
+	"$BIN" image ls | grep -q 'shoal.dev/hello:1' ||
+		die "image shoal.dev/hello:1 is not loaded (run from a checkout with Go, or pass --image to shoal dev up)"
 	echo
-	echo "+ shoal run -f examples/ticker.yaml   # a plain-process job, submitted to n1, placed by every node alike"
-	"$BIN" run -f examples/ticker.yaml
-	local hello=false
-	if "$BIN" image ls | grep -q 'shoal.dev/hello:1'; then
-		hello=true
-		echo "+ shoal run hello --image shoal.dev/hello:1 --driver containerd --replicas 3 --port 8080"
-		"$BIN" run hello --image shoal.dev/hello:1 --driver containerd --replicas 3 --port 8080
-	else
-		echo "(image shoal.dev/hello:1 is not loaded: skipping the containerd job)"
-	fi
-	wait_running ticker 3
-	$hello && wait_running hello 3
-
-	# --- load balancing: not yet ------------------------------------------
-	# When the L4 load balancer lands, give hello a node port
-	# (--service-port 80 --node-port 30080) and show any node answering:
-	#   curl -s http://10.98.0.12:30080/     # "hello from hello-N"
-	# -----------------------------------------------------------------------
-
-	local n2
+	echo "+ shoal run -f examples/web.yaml   # 3 replicas of the hello image, VIP port 80, node port 30080"
+	"$BIN" run -f examples/web.yaml >/dev/null
+	wait_running web 3
+	local n2 n3
 	n2=$("$BIN" nodes | awk '$1 == "n2" {print $2}')
-	if [[ -n $n2 ]]; then
-		echo "+ SHOAL_ADDR=${n2%:*}:7700 shoal ps   # asked of n2: any node answers"
-		SHOAL_ADDR=${n2%:*}:7700 "$BIN" ps
-	else
-		echo "+ shoal ps"
-		"$BIN" ps
-	fi
+	n3=$("$BIN" nodes | awk '$1 == "n3" {print $2}')
+	echo "+ SHOAL_ADDR=${n2%:*}:7700 shoal ps   # asked of n2: any node answers"
+	SHOAL_ADDR=${n2%:*}:7700 "$BIN" ps
+	# Replicas join the load balancer once their health check passes.
+	local url=http://${n3%:*}:30080/ out=""
+	for _ in $(seq 1 100); do
+		out=$(curl -fsS --max-time 2 "$url" 2>/dev/null) && break
+		sleep 0.2
+	done
+	echo
+	echo "+ shoal services"
+	"$BIN" services
+	echo
+	echo "+ curl $url   # the node port, on any node"
+	[[ -n $out ]] || die "no answer from $url; agent logs: /var/lib/shoal-dev/$NAME/n*.log"
+	echo "$out"
+	for _ in 1 2 3 4 5; do curl -fsS --max-time 2 "$url"; done
 	cat <<MSG
 
 Talk to the cluster:   source $ENV_FILE; $BIN nodes
-Replica output:        $BIN logs hello --replica 0
+Replica output:        $BIN logs web --replica 0
 Tear down:             make demo-down
 MSG
 }

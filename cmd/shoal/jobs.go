@@ -177,12 +177,15 @@ func newPsCmd(cf *clientFlags) *cobra.Command {
 				if j.Replicas != nil {
 					replicas = *j.Replicas
 				}
-				running := 0
+				// A replica being handed over runs twice for a moment: count
+				// replicas, not copies.
+				runningReplicas := map[int]bool{}
 				for _, a := range j.Allocations {
 					if a.State == "running" {
-						running++
+						runningReplicas[a.Replica] = true
 					}
 				}
+				running := len(runningReplicas)
 				what := j.Task.Image
 				if what == "" {
 					what = strings.Join(j.Task.Command, " ")

@@ -79,6 +79,7 @@ func newRootCmd() *cobra.Command {
 		newImageCmd(cf),
 		newEventsCmd(cf),
 		newServicesCmd(cf),
+		newWaitCmd(cf),
 		newKeygenCmd(),
 		newCleanupCmd(),
 		newDevCmd(),
