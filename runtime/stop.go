@@ -229,6 +229,9 @@ func Cleanup(namespace string) error {
 			errs = append(errs, fmt.Errorf("remove cgroup %s: %w", d, err))
 		}
 	}
+	// runc makes shoal/<ns> in every hierarchy for a container (blkio,
+	// pids, freezer, ...), not only in those the exec driver uses.
+	errs = append(errs, removeNamespaceCgroupsEverywhere(namespace))
 	// The shared shoal/ directories go once no namespace uses them.
 	for _, d := range cg.rootDirs() {
 		_ = unix.Rmdir(d)
@@ -237,4 +240,39 @@ func Cleanup(namespace string) error {
 		return fmt.Errorf("clean up namespace %s: %w", namespace, err)
 	}
 	return nil
+}
+
+// removeNamespaceCgroupsEverywhere removes the shoal/<namespace> tree,
+// deepest first, from every mounted cgroup hierarchy, and shoal/ itself
+// where it is left empty. The tasks are gone by now, so the directories
+// are empty of processes.
+func removeNamespaceCgroupsEverywhere(namespace string) error {
+	raw, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return fmt.Errorf("read mounts: %w", err)
+	}
+	mounts, err := parseMountinfo(raw)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, m := range mounts {
+		if m.FSType != "cgroup" && m.FSType != "cgroup2" {
+			continue
+		}
+		var dirs []string
+		_ = filepath.WalkDir(filepath.Join(m.MountPoint, cgroupRoot, namespace), func(path string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, path)
+			}
+			return nil
+		})
+		for i := len(dirs) - 1; i >= 0; i-- { // WalkDir lists parents first
+			if err := unix.Rmdir(dirs[i]); err != nil && !errors.Is(err, unix.ENOENT) {
+				errs = append(errs, fmt.Errorf("remove cgroup %s: %w", dirs[i], err))
+			}
+		}
+		_ = unix.Rmdir(filepath.Join(m.MountPoint, cgroupRoot))
+	}
+	return errors.Join(errs...)
 }
