@@ -161,10 +161,22 @@ type Job struct {
 	Scaling *ScalingPolicy `json:"scaling,omitempty"`
 	// Volumes are storage the task can mount.
 	Volumes []Volume `json:"volumes,omitempty"`
+	// Rollout is kept by Shoal, not written by clients: what a rolling
+	// update would return to, and whether the last one was rolled back.
+	Rollout *Rollout `json:"rollout,omitempty"`
 	// Version, in a request, is the version the writer last read, for
 	// compare-and-set (empty: write unconditionally); in an answer it is
 	// the stored version.
 	Version string `json:"version,omitempty"`
+}
+
+// Rollout is the state of a job's last spec change.
+type Rollout struct {
+	// PreviousTask is the task before the last change: what an automatic
+	// rollback restores.
+	PreviousTask *Task `json:"previous_task,omitempty"`
+	// RolledBack, when set, says why the last update was undone.
+	RolledBack string `json:"rolled_back,omitempty"`
 }
 
 // Task is the process or container each replica runs.
@@ -353,6 +365,8 @@ type Allocation struct {
 	Healthy *bool `json:"healthy,omitempty"`
 	// Ports maps task port names to port numbers.
 	Ports map[string]int `json:"ports,omitempty"`
+	// SpecHash identifies the task spec the replica runs.
+	SpecHash string `json:"spec_hash,omitempty"`
 	// ExitCode is set once the replica's task has exited.
 	ExitCode *int `json:"exit_code,omitempty"`
 	// Restarts counts restarts by the restart policy.
@@ -366,6 +380,9 @@ type Allocation struct {
 // job's fields are flattened into the same object.
 type JobStatus struct {
 	Job
+	// SpecHash identifies the job's current task; an allocation with
+	// another one runs an older spec (a rolling update is under way).
+	SpecHash    string       `json:"spec_hash"`
 	Allocations []Allocation `json:"allocations"`
 }
 
@@ -709,6 +726,14 @@ func (j Job) Clone() Job {
 	}
 	c.Scaling = clonePtr(j.Scaling)
 	c.Volumes = slices.Clone(j.Volumes)
+	if j.Rollout != nil {
+		r := *j.Rollout
+		if j.Rollout.PreviousTask != nil {
+			t := (Job{Task: *j.Rollout.PreviousTask}).Clone().Task
+			r.PreviousTask = &t
+		}
+		c.Rollout = &r
+	}
 	return c
 }
 

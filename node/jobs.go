@@ -47,7 +47,7 @@ func (a *Agent) jobStatus(r state.Record, allocs map[string][]api.Allocation) (a
 	if al == nil {
 		al = []api.Allocation{}
 	}
-	return api.JobStatus{Job: j, Allocations: al}, nil
+	return api.JobStatus{Job: j, SpecHash: specHash(j), Allocations: al}, nil
 }
 
 // allocations are the job's replicas as their nodes report them, plus the
@@ -74,7 +74,7 @@ func (a *Agent) allocationsByJob(only string) map[string][]api.Allocation {
 			continue
 		}
 		al := api.Allocation{Replica: ep.Replica, Node: ep.Node, State: ep.State, IP: ep.IP, Healthy: ep.Healthy,
-			Ports: ep.Ports, ExitCode: ep.ExitCode, Restarts: ep.Restarts, Message: ep.Message}
+			Ports: ep.Ports, ExitCode: ep.ExitCode, Restarts: ep.Restarts, Message: ep.Message, SpecHash: ep.SpecHash}
 		if !alive[ep.Node] {
 			al.State, al.Message = "lost", "node "+ep.Node+" is not alive"
 		}
@@ -146,6 +146,7 @@ func (a *Agent) handlePutJob(w http.ResponseWriter, r *http.Request) {
 	// calls on this node cannot both pass the same version check.
 	a.jobsMu.Lock()
 	cur, exists := a.store.Get(kindJob, job.ID)
+	carryRollout(&job, cur, exists)
 	if code, err := a.assignService(&job, cur, exists); err != nil {
 		a.jobsMu.Unlock()
 		writeError(w, code, "%v", err)

@@ -56,6 +56,9 @@ type Endpoint struct {
 	Restarts int            `json:"restarts,omitempty"`
 	Message  string         `json:"message,omitempty"`
 	SpecHash string         `json:"spec_hash,omitempty"`
+	// Since is when the running task started (rolling updates count how
+	// long a new replica has been healthy from it).
+	Since time.Time `json:"since,omitzero"`
 }
 
 func endpointID(job string, replica int, node string) string {
@@ -347,6 +350,7 @@ func (r *reconciler) pass(ctx context.Context) {
 	published := map[string]Endpoint{}
 
 	// Stop what should not run here.
+	rollable := map[string]map[int]bool{}
 	for id, t := range actual {
 		job, ok := jobs[t.Job]
 		replicas := 0
@@ -362,6 +366,15 @@ func (r *reconciler) pass(ctx context.Context) {
 			delete(r.moveSince, id)
 			continue
 		case want:
+			if t.State == runtime.StateRunning && job.Update != nil {
+				if _, ok := rollable[job.ID]; !ok {
+					rollable[job.ID] = r.replaceable(job, alive)
+				}
+				if !rollable[job.ID][t.Replica] {
+					published[id] = r.endpointFor(t, job, fmt.Sprintf("waiting its turn in a rolling update (%d at a time)", job.Update.MaxParallel))
+					continue
+				}
+			}
 			r.a.log.Info("replacing replica with changed spec", "task", id)
 			r.a.events.add("replacing", t.Job, t.Replica, "the job's spec changed")
 		case !ok || t.Replica >= replicas:
@@ -455,11 +468,19 @@ func (r *reconciler) pass(ctx context.Context) {
 			r.a.events.add("start-failed", rep.Job, rep.Index, err.Error())
 			published[id] = Endpoint{Job: rep.Job, Replica: rep.Index, Node: self, State: StateFailed, Message: err.Error()}
 			r.noteExit(id, job, -1)
+			r.checkRollout(job, runtime.TaskStatus{ID: id, Job: rep.Job, Replica: rep.Index, State: runtime.StateExited, SpecHash: spec.SpecHash})
 			continue
 		}
 		r.a.log.Info("started replica", "task", id, "pid", st.PID)
 		r.a.events.add("started", rep.Job, rep.Index, fmt.Sprintf("pid %d", st.PID))
 		published[id] = r.endpointFor(st, job, "")
+	}
+	for id, t := range actual {
+		if _, want := desired[id]; want {
+			if job, ok := jobs[t.Job]; ok {
+				r.checkRollout(job, t)
+			}
+		}
 	}
 	keep := map[string]bool{}
 	for id, ep := range published {
@@ -650,7 +671,7 @@ func (r *reconciler) sweepEphemeral(keep map[string]bool) {
 }
 
 func (r *reconciler) endpointFor(t runtime.TaskStatus, job api.Job, msg string) Endpoint {
-	ep := Endpoint{Job: t.Job, Replica: t.Replica, Node: r.a.cfg.Gossip.NodeName, Message: msg, SpecHash: t.SpecHash}
+	ep := Endpoint{Job: t.Job, Replica: t.Replica, Node: r.a.cfg.Gossip.NodeName, Message: msg, SpecHash: t.SpecHash, Since: t.StartedAt}
 	switch t.State {
 	case runtime.StateRunning:
 		ep.State = StateRunning

@@ -1,0 +1,174 @@
+package node
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/shoalmesh/shoal/api"
+	"github.com/shoalmesh/shoal/runtime"
+	"github.com/shoalmesh/shoal/state"
+)
+
+// Rolling updates without a coordinator: when a job's task changes, every
+// node holding a replica of the old spec asks the same question of the
+// same records (all nodes' endpoints): which replicas may be replaced now?
+// A replica is "done" once a copy of the new spec has run healthy for
+// min_healthy_time, "old" while its running copy has the old spec, and "in
+// flight" otherwise (being replaced, starting, not yet healthy). The old
+// replicas with the lowest indexes may go while fewer than max_parallel
+// are in flight. Nodes act on what they have seen, so two nodes deciding
+// in the same instant may briefly exceed max_parallel; the next decision
+// sees both.
+
+// replaceable returns the replicas of job whose old-spec copies may be
+// replaced now.
+func (r *reconciler) replaceable(job api.Job, alive map[string]bool) map[int]bool {
+	current := specHash(job)
+	want := 1
+	if job.Replicas != nil {
+		want = *job.Replicas
+	}
+	maxParallel, minHealthy := 1, api.DefaultMinHealthyTime
+	if u := job.Update; u != nil {
+		maxParallel, minHealthy = u.MaxParallel, time.Duration(u.MinHealthyTime)
+	}
+	done := map[int]bool{}
+	old := map[int]bool{}
+	for _, ep := range r.jobEndpoints(job.ID) {
+		if !alive[ep.Node] || ep.State != StateRunning || ep.Replica >= want {
+			continue
+		}
+		if ep.SpecHash != current {
+			old[ep.Replica] = true
+			continue
+		}
+		healthy := job.Health == nil || ep.Healthy != nil && *ep.Healthy
+		if healthy && !ep.Since.IsZero() && time.Since(ep.Since) >= minHealthy {
+			done[ep.Replica] = true
+		}
+	}
+	inFlight := 0
+	var waiting []int
+	for i := 0; i < want; i++ {
+		switch {
+		case done[i]:
+		case old[i]:
+			waiting = append(waiting, i)
+		default:
+			inFlight++
+		}
+	}
+	slices.Sort(waiting)
+	out := map[int]bool{}
+	for _, i := range waiting {
+		if inFlight >= maxParallel {
+			break
+		}
+		out[i] = true
+		inFlight++
+	}
+	return out
+}
+
+// jobEndpoints decodes every node's endpoint records of one job.
+func (r *reconciler) jobEndpoints(job string) []Endpoint {
+	var out []Endpoint
+	for _, rec := range r.a.store.List(kindEndpoint) {
+		var ep Endpoint
+		if json.Unmarshal(rec.Body, &ep) == nil && ep.Job == job {
+			out = append(out, ep)
+		}
+	}
+	return out
+}
+
+// checkRollout rolls a job back to its previous task when one of this
+// node's replicas of the new spec failed its update: not healthy within
+// healthy_deadline, or restarted repeatedly. Only jobs that asked for
+// automatic rollback and have a previous task are touched.
+func (r *reconciler) checkRollout(job api.Job, t runtime.TaskStatus) {
+	u := job.Update
+	if u == nil || u.AutoRollback == nil || !*u.AutoRollback || job.Rollout == nil || job.Rollout.PreviousTask == nil {
+		return
+	}
+	if t.SpecHash != specHash(job) {
+		return
+	}
+	var reason string
+	rs := r.restarts[t.ID]
+	switch {
+	case rs != nil && rs.attempts >= rolloutMaxRestarts:
+		reason = fmt.Sprintf("replica %d of the new spec exited %d times (last exit code %d)", t.Replica, rs.attempts, rs.exitCode)
+	case t.State == runtime.StateRunning && job.Health != nil && !r.health.result(t.ID).healthy &&
+		!t.StartedAt.IsZero() && time.Since(t.StartedAt) > time.Duration(u.HealthyDeadline):
+		reason = fmt.Sprintf("replica %d of the new spec was not healthy within %s", t.Replica, time.Duration(u.HealthyDeadline))
+	default:
+		return
+	}
+	r.rollback(job, reason)
+}
+
+// rolloutMaxRestarts is how many exits of a new-spec replica fail an update.
+const rolloutMaxRestarts = 3
+
+// rollback stores the job with its previous task. Every node that sees
+// the failure may write it; the writes carry the same task, so whichever
+// wins, the job goes back to the spec it had.
+func (r *reconciler) rollback(job api.Job, reason string) {
+	back := job.Clone()
+	back.Task = *job.Rollout.PreviousTask
+	back.Rollout = &api.Rollout{RolledBack: fmt.Sprintf("rolled back at %s: %s", time.Now().UTC().Format(time.RFC3339), reason)}
+	back.Version = ""
+	raw, err := json.Marshal(back)
+	if err != nil {
+		r.a.log.Error("encode rolled-back job", "job", job.ID, "err", err)
+		return
+	}
+	r.a.jobsMu.Lock()
+	cur, ok := r.a.store.Get(kindJob, job.ID)
+	var rec state.Record
+	if ok {
+		var stored api.Job
+		// Only roll back the spec that failed, not a newer one written
+		// meanwhile.
+		if json.Unmarshal(cur.Body, &stored) != nil || specHash(stored) != specHash(job) {
+			r.a.jobsMu.Unlock()
+			return
+		}
+		rec, err = r.a.store.Write(kindJob, job.ID, raw, false)
+	}
+	r.a.jobsMu.Unlock()
+	if !ok {
+		return
+	}
+	if err != nil {
+		r.a.log.Error("store rolled-back job", "job", job.ID, "err", err)
+		return
+	}
+	r.a.sync.Publish([]state.Record{rec})
+	r.a.log.Warn("update failed: rolling back", "job", job.ID, "reason", reason)
+	r.a.events.add("rolled-back", job.ID, -1, reason)
+	r.a.notifyJobs()
+}
+
+// carryRollout sets the server-kept rollout state of a job being stored:
+// a changed task remembers the one it replaces; an unchanged one keeps
+// what the stored job had.
+func carryRollout(job *api.Job, cur state.Record, exists bool) {
+	job.Rollout = nil
+	if !exists {
+		return
+	}
+	var old api.Job
+	if json.Unmarshal(cur.Body, &old) != nil {
+		return
+	}
+	if specHash(old) == specHash(*job) {
+		job.Rollout = old.Rollout
+		return
+	}
+	prev := old.Clone().Task
+	job.Rollout = &api.Rollout{PreviousTask: &prev}
+}
