@@ -51,6 +51,9 @@ type Agent struct {
 	net *overlayNet
 	// lb programs services; nil with --lb off.
 	lb *serviceLB
+	// joined is closed once the first join attempt ended.
+	joined     chan struct{}
+	joinedOnce sync.Once
 }
 
 // New validates cfg, starts the p2p host, membership and the API listener.
@@ -62,7 +65,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if err := os.MkdirAll(cfg.Gossip.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir %s: %w", cfg.Gossip.DataDir, err)
 	}
-	a := &Agent{cfg: cfg, log: log, events: newEventLog(cfg.Gossip.NodeName), jobsChanged: make(chan struct{}, 1), endpointsChanged: make(chan struct{}, 1), healthChanged: make(chan struct{}, 1)}
+	a := &Agent{cfg: cfg, log: log, events: newEventLog(cfg.Gossip.NodeName), joined: make(chan struct{}), jobsChanged: make(chan struct{}, 1), endpointsChanged: make(chan struct{}, 1), healthChanged: make(chan struct{}, 1)}
 
 	cpu, mem, err := machineCapacity()
 	if err != nil {
@@ -204,7 +207,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		go func() { a.lb.run(loopCtx); loopsDone <- struct{}{} }()
 	}
 	if a.net != nil {
-		go func() { a.net.run(loopCtx, a.cluster, a.reconciler.networkMoved); loopsDone <- struct{}{} }()
+		go func() { a.net.run(loopCtx, a.cluster, a.waitJoined, a.reconciler.networkMoved); loopsDone <- struct{}{} }()
 	}
 	go func() { a.joinLoop(loopCtx); loopsDone <- struct{}{} }()
 	go func() { a.loadLoop(loopCtx); loopsDone <- struct{}{} }()
@@ -223,9 +226,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.cfg.Drain && runErr == nil {
 		a.drain()
 	}
-	if a.cfg.Cleanup {
-		a.stopAll()
-	}
 	// Stop taking writes, then make sure the last acknowledged ones have
 	// left this node before the sync loops stop.
 	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -241,6 +241,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	stopLoops()
 	for range loops {
 		<-loopsDone
+	}
+	// Retired for good: stop every replica now that no loop can start
+	// them again.
+	if a.cfg.Cleanup {
+		a.stopAll()
 	}
 
 	a.log.Info("leaving cluster")
@@ -290,6 +295,8 @@ func (a *Agent) Run(ctx context.Context) error {
 // joinLoop joins the configured seeds, retrying with exponential backoff
 // until one answers or ctx ends.
 func (a *Agent) joinLoop(ctx context.Context) {
+	// However the first attempt ends, the node stops waiting for it.
+	defer a.markJoined()
 	if len(a.cfg.Join) == 0 {
 		return
 	}
@@ -308,6 +315,7 @@ func (a *Agent) joinLoop(ctx context.Context) {
 			cancel()
 			return
 		}
+		a.markJoined() // alone for now: act on that rather than wait
 		a.log.Warn("join failed; retrying", "seeds", a.cfg.Join, "attempt", attempt, "retry_in", backoff, "err", err)
 		select {
 		case <-ctx.Done():
@@ -315,6 +323,22 @@ func (a *Agent) joinLoop(ctx context.Context) {
 		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, a.cfg.JoinMaxBackoff)
+	}
+}
+
+// markJoined ends the start-up wait of the loops that act on the
+// cluster's view (placement, overlay peers, load balancer): a restarted
+// node that acted on a view of itself alone would stop replicas it will
+// own again, drop every peer route and reset its services.
+func (a *Agent) markJoined() { a.joinedOnce.Do(func() { close(a.joined) }) }
+
+// waitJoined waits until the first join attempt ended, or ctx did.
+func (a *Agent) waitJoined(ctx context.Context) bool {
+	select {
+	case <-a.joined:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 
@@ -403,7 +427,8 @@ func (a *Agent) drain() {
 				running++
 			}
 		}
-		if err == nil && running == 0 {
+		// A containerd that is down has nothing to hand over.
+		if (err == nil || errors.Is(err, runtime.ErrUnavailable)) && running == 0 {
 			break
 		}
 		select {
@@ -419,17 +444,27 @@ func (a *Agent) drain() {
 }
 
 // stopAll stops every replica of this node and releases its overlay
-// address.
+// address, a few at a time, each with its own deadline.
 func (a *Agent) stopAll() {
-	stopCtx, stopCancel := context.WithTimeout(context.Background(), time.Minute)
-	defer stopCancel()
-	tasks, _ := a.tasks.List(stopCtx)
+	listCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	tasks, _ := a.tasks.List(listCtx)
+	cancel()
+	sem := make(chan struct{}, 4)
+	var wg sync.WaitGroup
 	for _, t := range tasks {
-		if err := a.tasks.Stop(stopCtx, t.ID); err != nil {
-			a.log.Warn("stop replica", "task", t.ID, "err", err)
-		}
-		if a.net != nil {
-			a.net.detach(stopCtx, "", t.ID)
-		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			ctx, cancel := context.WithTimeout(context.Background(), taskCallTimeout)
+			defer cancel()
+			if err := a.tasks.Stop(ctx, t.ID); err != nil {
+				a.log.Warn("stop replica", "task", t.ID, "err", err)
+			}
+			if a.net != nil {
+				a.net.detach(ctx, "", t.ID)
+			}
+		}()
 	}
+	wg.Wait()
 }

@@ -56,6 +56,10 @@ func newOverlayNet(cfg overlay.Config, self string, underlay netip.Addr, forced 
 	if claim.Subnet.IsValid() && claim.Node != self {
 		claim = overlay.Claim{} // a data dir copied from another node
 	}
+	if claim.Subnet.IsValid() && (claim.Subnet.Bits() != cfg.SubnetBits || !cfg.OverlayCIDR.Contains(claim.Subnet.Addr())) {
+		log.Warn("saved overlay subnet is outside the configured overlay; claiming a new one", "saved", claim.Subnet, "overlay", cfg.OverlayCIDR, "bits", cfg.SubnetBits)
+		claim = overlay.Claim{}
+	}
 	if !claim.Subnet.IsValid() {
 		if forced.IsValid() {
 			claim = overlay.Claim{Node: self, Subnet: forced.Masked(), ClaimedAt: time.Now().UnixNano()}
@@ -100,16 +104,26 @@ func (n *overlayNet) state() (generation int, subnet netip.Prefix) {
 
 // run reconciles the overlay on every membership change and every
 // networkResync until ctx ends.
-func (n *overlayNet) run(ctx context.Context, cluster *gossip.Cluster, onRepick func()) {
+func (n *overlayNet) run(ctx context.Context, cluster *gossip.Cluster, waitJoined func(context.Context) bool, onRepick func()) {
 	changes := cluster.Subscribe()
+	if !waitJoined(ctx) {
+		return
+	}
 	t := time.NewTicker(networkResync)
 	defer t.Stop()
+	var seen uint64
 	for {
+		seen = membershipKey(cluster.Members())
 		n.sync(ctx, cluster, onRepick)
+	wait:
 		select {
 		case <-ctx.Done():
 			return
 		case <-changes:
+			// Load tags change every few seconds and matter not here.
+			if membershipKey(cluster.Members()) == seen {
+				goto wait
+			}
 		case <-t.C:
 		}
 	}
@@ -154,15 +168,27 @@ func (n *overlayNet) sync(ctx context.Context, cluster *gossip.Cluster, onRepick
 			onRepick()
 		}
 	}
-	// Peers claiming this node's subnet (the losers, until they move)
-	// must not get a route to it.
-	_, mine := n.state()
+	// Of peers claiming one subnet only the older claim gets a route (the
+	// others will move), and none that claims this node's subnet.
+	n.mu.Lock()
+	self := n.claim
+	n.mu.Unlock()
+	winners := map[string]bool{}
+	for _, c := range overlay.Survivors(append(claims, self)) {
+		winners[c.Node] = true
+	}
 	kept := peers[:0]
 	for _, p := range peers {
-		if p.Subnet.Overlaps(mine) {
+		if !winners[p.Name] || p.Subnet.Overlaps(self.Subnet) {
 			continue
 		}
 		kept = append(kept, p)
+	}
+	// A claim that moved but failed to reach gossip is announced again.
+	if adv := n.advert(); cluster.Meta().Overlay != adv {
+		if err := cluster.UpdateMeta(func(m *gossip.Meta) { m.Overlay = adv }); err != nil {
+			n.log.Warn("announce overlay subnet", "err", err)
+		}
 	}
 	if err := n.mgr.SyncPeers(kept); err != nil {
 		n.log.Warn("program overlay peers", "err", err)
@@ -182,6 +208,10 @@ func (n *overlayNet) repick(ctx context.Context, next overlay.Claim, cluster *go
 	n.claim = next
 	n.generation++
 	n.mu.Unlock()
+	// Replicas keep their resolv.conf mount: its content follows.
+	if _, err := n.mgr.ResolvConf(n.cfg.StateDir); err != nil {
+		n.log.Warn("rewrite resolv.conf", "err", err)
+	}
 	return cluster.UpdateMeta(func(m *gossip.Meta) { m.Overlay = n.advert() })
 }
 

@@ -129,6 +129,8 @@ type reconciler struct {
 	attached map[string]attachment
 	// netMoved is signalled when the node's overlay subnet changed.
 	netMoved chan struct{}
+	// membersSeen fingerprints the membership the last change was about.
+	membersSeen uint64
 
 	mu       sync.Mutex // guards snapshot
 	snapshot placement.Assignment
@@ -181,6 +183,9 @@ func (r *reconciler) Unplaced(job string) []placement.Unplaced {
 }
 
 func (r *reconciler) run(ctx context.Context) {
+	if !r.a.waitJoined(ctx) {
+		return
+	}
 	resync := time.NewTicker(r.cfg.Resync)
 	defer resync.Stop()
 	defer r.health.stopAll()
@@ -198,7 +203,11 @@ func (r *reconciler) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-r.a.cluster.Changes():
-			schedule(r.cfg.Debounce)
+			// Load tags change every few seconds and do not move replicas.
+			if key := membershipKey(r.a.cluster.Members()); key != r.membersSeen {
+				r.membersSeen = key
+				schedule(r.cfg.Debounce)
+			}
 		case <-r.a.jobsChanged:
 			schedule(r.cfg.JobDebounce)
 		case <-r.a.endpointsChanged:

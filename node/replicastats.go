@@ -53,6 +53,8 @@ func (s *replicaSampler) sample(ctx context.Context, src statsSource) (cpuMillis
 
 // rotateLogs rotates every task's log file that outgrew LogMaxBytes.
 func (a *Agent) rotateLogs(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
 	tasks, _ := a.tasks.List(ctx)
 	for _, t := range tasks {
 		if t.LogPath == "" {

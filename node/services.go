@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -49,6 +50,9 @@ func (a *Agent) assignService(job *api.Job, cur state.Record, exists bool) (int,
 		var other api.Job
 		if json.Unmarshal(rec.Body, &other) != nil || other.Service == nil {
 			continue
+		}
+		if other.Service.Name == svc.Name {
+			return http.StatusConflict, fmt.Errorf("service.name: %q is already the service of job %q", svc.Name, other.ID)
 		}
 		if ip, err := netip.ParseAddr(other.Service.VIP); err == nil {
 			taken[ip] = other.ID
@@ -145,15 +149,37 @@ func (a *Agent) desiredServices() []lb.Service {
 	// smaller job id keeps it and the other gets the next free address,
 	// the same on every node.
 	slices.Sort(ids)
+	// Every stored VIP is taken, so a collision's loser cannot take the
+	// VIP of a job later in the order.
+	stored := map[netip.Addr]string{}
+	for _, id := range ids {
+		if vip, err := netip.ParseAddr(jobs[id].job.Service.VIP); err == nil {
+			if _, dup := stored[vip]; !dup {
+				stored[vip] = id
+			}
+		}
+	}
 	used := map[netip.Addr]string{}
+	names := map[string]string{}
 	out := make([]lb.Service, 0, len(ids))
 	for _, id := range ids {
 		js := jobs[id]
 		svc := js.job.Service
+		// Two jobs stored at once on two nodes may claim one service name
+		// (the API refuses it otherwise): the smaller job id keeps it.
+		if owner, dup := names[svc.Name]; dup {
+			a.log.Warn("service name used by two jobs; ignoring the later", "service", svc.Name, "job", id, "kept_by", owner)
+			continue
+		}
+		names[svc.Name] = id
 		vip, err := netip.ParseAddr(svc.VIP)
 		if err == nil && used[vip] != "" {
 			a.log.Warn("service VIP collision", "job", id, "vip", vip, "kept_by", used[vip])
-			vip, err = lb.AllocateVIP(svc.Name, a.cfg.ServiceCIDR, used)
+			taken := maps.Clone(stored)
+			for k, v := range used {
+				taken[k] = v
+			}
+			vip, err = lb.AllocateVIP(svc.Name, a.cfg.ServiceCIDR, taken)
 		}
 		if err != nil {
 			vip = netip.Addr{}
@@ -189,6 +215,11 @@ type serviceLB struct {
 	dns   *lb.DNS
 	net   *overlayNet
 	kick  chan struct{}
+	// invalid holds the problems of the last sync; dns serves at dnsAt
+	// (all owned by run).
+	invalid   map[string]bool
+	dnsAt     netip.Addr
+	dnsFailed bool
 
 	mu   sync.Mutex
 	last []lb.Service
@@ -216,18 +247,6 @@ func newServiceLB(a *Agent, net *overlayNet, log *slog.Logger) (*serviceLB, erro
 		}
 		s.proxy = p
 	}
-	if net != nil {
-		_, subnet := net.state()
-		gw := overlay.Gateway(subnet)
-		if a.cfg.DNS {
-			d, err := lb.NewDNS(lb.DNSConfig{Listen: []string{netip.AddrPortFrom(gw, 53).String()}})
-			if err != nil {
-				s.close()
-				return nil, err
-			}
-			s.dns = d
-		}
-	}
 	return s, nil
 }
 
@@ -240,21 +259,28 @@ func (s *serviceLB) changed() {
 }
 
 func (s *serviceLB) run(ctx context.Context) {
-	if s.dns != nil {
-		if err := s.dns.Start(ctx); err != nil {
-			s.log.Error("start DNS server", "err", err)
-		}
-	}
+	defer s.stopDNS()
 	members := s.a.cluster.Subscribe()
+	if !s.a.waitJoined(ctx) {
+		return
+	}
 	t := time.NewTicker(servicesResync)
 	defer t.Stop()
+	var seen uint64
 	for {
+		seen = membershipKey(s.a.cluster.Members())
+		s.ensureDNS(ctx)
 		s.sync()
+	wait:
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.kick:
 		case <-members:
+			// Load tags change every few seconds and matter not here.
+			if membershipKey(s.a.cluster.Members()) == seen {
+				goto wait
+			}
 		case <-t.C:
 		}
 		// Coalesce a burst (a job write touches many endpoints).
@@ -263,6 +289,41 @@ func (s *serviceLB) run(ctx context.Context) {
 			return
 		case <-time.After(10 * time.Millisecond):
 		}
+	}
+}
+
+// ensureDNS serves DNS on the overlay gateway, moving the server when the
+// node's subnet (and so its gateway) changed. Without DNS the rest still
+// works: names fail, addresses do not. Called by run only.
+func (s *serviceLB) ensureDNS(ctx context.Context) {
+	if s.net == nil || !s.a.cfg.DNS {
+		return
+	}
+	_, subnet := s.net.state()
+	gw := overlay.Gateway(subnet)
+	if s.dns != nil && s.dnsAt == gw {
+		return
+	}
+	s.stopDNS()
+	d, err := lb.NewDNS(lb.DNSConfig{Listen: []string{netip.AddrPortFrom(gw, 53).String()}})
+	if err == nil {
+		err = d.Start(ctx)
+	}
+	if err != nil {
+		if !s.dnsFailed {
+			s.log.Error("DNS for services is off; retrying", "addr", gw, "err", err)
+		}
+		s.dnsFailed = true
+		return
+	}
+	s.dns, s.dnsAt, s.dnsFailed = d, gw, false
+	s.log.Info("serving DNS", "addr", netip.AddrPortFrom(gw, 53))
+}
+
+func (s *serviceLB) stopDNS() {
+	if s.dns != nil {
+		s.dns.Close()
+		s.dns = nil
 	}
 }
 
@@ -283,9 +344,16 @@ func (s *serviceLB) sync() {
 			programmed = false
 			s.log.Warn("program load balancer", "err", err)
 		}
+		// Warn once per problem, not on every sync.
+		invalid := map[string]bool{}
 		for _, bad := range st.Invalid {
-			s.log.Debug("service left out", "err", bad)
+			invalid[bad.Error()] = true
+			if !s.invalid[bad.Error()] {
+				s.log.Warn("service left out of the load balancer", "err", bad)
+				s.a.events.add("service-invalid", "", -1, bad.Error())
+			}
 		}
+		s.invalid = invalid
 		s.a.metrics.setServiceEndpoints(st.Services)
 	case s.proxy != nil:
 		err := s.proxy.Update(services)
@@ -327,9 +395,6 @@ func (s *serviceLB) snapshot() []lb.Service {
 
 // close stops serving; with teardown it also removes the table and route.
 func (s *serviceLB) close() {
-	if s.dns != nil {
-		s.dns.Close()
-	}
 	if s.proxy != nil {
 		s.proxy.Close()
 	}

@@ -398,7 +398,20 @@ func (m *Manager) ResolvConf(dir string) (string, error) {
 	}
 	path := filepath.Join(dir, "resolv.conf")
 	content := fmt.Sprintf("# Written by shoal: the node's overlay gateway serves DNS.\nnameserver %s\nsearch shoal.\n", Gateway(subnet))
-	if err := writeFileAtomic(path, []byte(content), 0o644); err != nil {
+	// Rewritten in place, not replaced: containers bind-mount this inode,
+	// and after a subnet change they must see the new gateway.
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o644)
+	if err != nil {
+		return "", fmt.Errorf("write %s: %w", path, err)
+	}
+	_, werr := f.WriteAt([]byte(content), 0)
+	if werr == nil {
+		werr = f.Truncate(int64(len(content)))
+	}
+	if werr == nil {
+		werr = f.Sync()
+	}
+	if err := errors.Join(werr, f.Close()); err != nil {
 		return "", fmt.Errorf("write %s: %w", path, err)
 	}
 	return path, nil

@@ -170,6 +170,30 @@ func (c *Containerd) conn(ctx context.Context) (*client.Client, context.Context,
 	return cl, ctx, nil
 }
 
+// unavailable marks an error of a daemon that went away after the first
+// connection as ErrUnavailable, so callers treat it like a daemon that
+// was never there (the exec driver's tasks go on being managed).
+func (c *Containerd) unavailable(err error) error {
+	if errdefs.IsUnavailable(err) || errors.Is(err, context.DeadlineExceeded) && !c.serving() {
+		return fmt.Errorf("%w at %s: %v", ErrUnavailable, c.cfg.Address, err)
+	}
+	return err
+}
+
+// serving asks the daemon whether it is up, briefly.
+func (c *Containerd) serving() bool {
+	c.connMu.Lock()
+	cl := c.client
+	c.connMu.Unlock()
+	if cl == nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	ok, err := cl.IsServing(ctx)
+	return err == nil && ok
+}
+
 // lock serialises operations on one task ID.
 func (c *Containerd) lock(id string) func() {
 	c.locksMu.Lock()
@@ -208,7 +232,7 @@ func (c *Containerd) Start(ctx context.Context, spec TaskSpec) (TaskStatus, erro
 	if _, err := cl.LoadContainer(ctx, id); err == nil {
 		return TaskStatus{}, fmt.Errorf("start task %s: %w", id, ErrExists)
 	} else if !errdefs.IsNotFound(err) {
-		return TaskStatus{}, fmt.Errorf("start task %s: look up container: %w", id, err)
+		return TaskStatus{}, fmt.Errorf("start task %s: look up container: %w", id, c.unavailable(err))
 	}
 	began := time.Now()
 	img, err := c.ensureImage(ctx, cl, spec.Image, id)
@@ -217,6 +241,14 @@ func (c *Containerd) Start(ctx context.Context, spec TaskSpec) (TaskStatus, erro
 	}
 	imageDone := time.Now()
 
+	// Leftovers of a start that an agent crash cut short (no container
+	// was recorded, so nothing else would ever remove them) are ours.
+	if err := c.cg.deleteTaskNetns(c.cfg.Namespace, id, c.log); err != nil {
+		return TaskStatus{}, fmt.Errorf("start task %s: clear leftovers: %w", id, err)
+	}
+	if err := cl.SnapshotService(c.cfg.Snapshotter).Remove(ctx, id+"-rootfs"); err != nil && !errdefs.IsNotFound(err) {
+		c.log.Warn("remove leftover snapshot", "task", id, "err", err)
+	}
 	nsName := netnsName(c.cfg.Namespace, id)
 	if err := createNetns(nsName); err != nil {
 		return TaskStatus{}, fmt.Errorf("start task %s: %w", id, err)
@@ -467,7 +499,7 @@ func (c *Containerd) Stop(ctx context.Context, id string) error {
 		return c.removeNetns(id)
 	}
 	if err != nil {
-		return fmt.Errorf("stop task %s: load container: %w", id, err)
+		return fmt.Errorf("stop task %s: load container: %w", id, c.unavailable(err))
 	}
 	// Removal must finish even when the caller's deadline cut the grace
 	// period short.
@@ -551,7 +583,7 @@ func (c *Containerd) List(ctx context.Context) ([]TaskStatus, error) {
 	}
 	ctrs, err := cl.Containers(ctx, `labels."`+labelJob+`"`)
 	if err != nil {
-		return nil, fmt.Errorf("list containers: %w", err)
+		return nil, fmt.Errorf("list containers: %w", c.unavailable(err))
 	}
 	out := make([]TaskStatus, 0, len(ctrs))
 	for _, ctr := range ctrs {
@@ -560,7 +592,7 @@ func (c *Containerd) List(ctx context.Context) ([]TaskStatus, error) {
 			continue // removed meanwhile
 		}
 		if err != nil {
-			return nil, fmt.Errorf("list tasks: %w", err)
+			return nil, fmt.Errorf("list tasks: %w", c.unavailable(err))
 		}
 		out = append(out, st)
 	}
@@ -578,7 +610,7 @@ func (c *Containerd) Status(ctx context.Context, id string) (TaskStatus, error) 
 		return TaskStatus{}, fmt.Errorf("task status %s: %w", id, ErrNotFound)
 	}
 	if err != nil {
-		return TaskStatus{}, fmt.Errorf("task status %s: %w", id, err)
+		return TaskStatus{}, fmt.Errorf("task status %s: %w", id, c.unavailable(err))
 	}
 	return c.status(ctx, ctr)
 }
