@@ -207,7 +207,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		go func() { a.lb.run(loopCtx); loopsDone <- struct{}{} }()
 	}
 	if a.net != nil {
-		go func() { a.net.run(loopCtx, a.cluster, a.waitJoined, a.reconciler.networkMoved); loopsDone <- struct{}{} }()
+		go func() {
+			a.net.run(loopCtx, a.cluster, a.waitJoined, a.reconciler.networkMoved)
+			loopsDone <- struct{}{}
+		}()
 	}
 	go func() { a.joinLoop(loopCtx); loopsDone <- struct{}{} }()
 	go func() { a.loadLoop(loopCtx); loopsDone <- struct{}{} }()
