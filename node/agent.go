@@ -57,8 +57,9 @@ type Agent struct {
 }
 
 // New validates cfg, starts the p2p host, membership and the API listener.
-// Nothing is joined until Run.
-func New(cfg Config, log *slog.Logger) (*Agent, error) {
+// Nothing is joined until Run. On an error, whatever was started is closed
+// again, in reverse order.
+func New(cfg Config, log *slog.Logger) (_ *Agent, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -66,6 +67,14 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		return nil, fmt.Errorf("create data dir %s: %w", cfg.Gossip.DataDir, err)
 	}
 	a := &Agent{cfg: cfg, log: log, events: newEventLog(cfg.Gossip.NodeName), joined: make(chan struct{}), jobsChanged: make(chan struct{}, 1), endpointsChanged: make(chan struct{}, 1), healthChanged: make(chan struct{}, 1)}
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
 
 	cpu, mem, err := machineCapacity()
 	if err != nil {
@@ -85,25 +94,23 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	undo = append(undo, func() { a.store.Close() })
 	a.host, err = gossip.NewHost(cfg.Gossip, log.With("component", "p2p"))
 	if err != nil {
-		a.store.Close()
 		return nil, err
 	}
+	undo = append(undo, func() { a.host.Close() })
 	if cfg.OverlayEnabled {
-		underlay, err := netip.ParseAddr(cfg.Gossip.BindAddr)
-		if err != nil || underlay.IsUnspecified() {
-			a.host.Close()
-			a.store.Close()
+		underlay, perr := netip.ParseAddr(cfg.Gossip.BindAddr)
+		if perr != nil || underlay.IsUnspecified() {
 			return nil, fmt.Errorf("overlay: --bind must be this node's address on the network peers reach it by (VXLAN packets leave from it), not %q", cfg.Gossip.BindAddr)
 		}
 		ocfg := cfg.Overlay
 		ocfg.StateDir = filepath.Join(cfg.Gossip.DataDir, "overlay")
 		if a.net, err = newOverlayNet(ocfg, cfg.Gossip.NodeName, underlay, cfg.OverlaySubnet, log.With("component", "overlay")); err != nil {
-			a.host.Close()
-			a.store.Close()
-			return nil, err
+			return nil, fmt.Errorf("%w (a machine without VXLAN or nftables can run with --overlay=false: replicas then have loopback only)", err)
 		}
+		undo = append(undo, func() { a.net.mgr.Close() })
 	}
 	meta := gossip.Meta{
 		PeerID:   a.host.ID(),
@@ -117,10 +124,9 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	}
 	a.cluster, err = gossip.NewCluster(cfg.Gossip, meta, log)
 	if err != nil {
-		a.host.Close()
-		a.store.Close()
 		return nil, err
 	}
+	undo = append(undo, func() { a.cluster.Shutdown() })
 	a.sync = gossip.NewStateSync(cfg.Sync, a.host, a.cluster, a.store, a.onPeerRecords, log.With("component", "state-sync"))
 	execDriver, err := runtime.NewExec(runtime.ExecConfig{
 		StateDir:  filepath.Join(cfg.Gossip.DataDir, "tasks"),
@@ -128,11 +134,9 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		Log:       log.With("component", "exec"),
 	})
 	if err != nil {
-		a.cluster.Shutdown()
-		a.host.Close()
-		a.store.Close()
 		return nil, fmt.Errorf("start exec driver: %w", err)
 	}
+	undo = append(undo, func() { execDriver.Close() })
 	a.containerd, err = runtime.NewContainerd(runtime.ContainerdConfig{
 		Address:     cfg.Containerd,
 		Namespace:   cfg.ContainerdNamespace,
@@ -145,12 +149,9 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		},
 	})
 	if err != nil {
-		execDriver.Close()
-		a.cluster.Shutdown()
-		a.host.Close()
-		a.store.Close()
 		return nil, fmt.Errorf("start containerd driver: %w", err)
 	}
+	undo = append(undo, func() { a.containerd.Close() })
 	a.tasks = runtime.NewRouter(map[string]runtime.Driver{runtime.DriverExec: execDriver, runtime.DriverContainerd: a.containerd})
 	a.host.Handle(protocolLogs, a.serveLogs)
 	a.runner = a.tasks
@@ -158,21 +159,14 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	a.metrics = newMetrics(a.cluster, a.sync, a.store)
 	if cfg.LB != LBOff {
 		if a.lb, err = newServiceLB(a, a.net, log.With("component", "lb")); err != nil {
-			a.tasks.Close()
-			a.cluster.Shutdown()
-			a.host.Close()
-			a.store.Close()
 			return nil, fmt.Errorf("start load balancer: %w", err)
 		}
+		undo = append(undo, a.lb.close)
 	}
 	a.metrics.reg.MustRegister(&replicaCollector{a: a})
 
 	a.ln, err = net.Listen("tcp", cfg.APIAddr)
 	if err != nil {
-		a.tasks.Close()
-		a.cluster.Shutdown()
-		a.host.Close()
-		a.store.Close()
 		return nil, fmt.Errorf("listen for API on %s: %w", cfg.APIAddr, err)
 	}
 	a.server = &http.Server{
