@@ -42,6 +42,9 @@ type Cluster struct {
 	Token  string
 	Binary string
 	Nodes  []*Node
+	// dir holds the nodes' data; removed by teardown after the agents are
+	// dead (a t.TempDir would be removed before, while they still write).
+	dir string
 
 	mu       sync.Mutex
 	closeOne sync.Once
@@ -135,6 +138,11 @@ func NewCluster(t *testing.T) *Cluster {
 		Binary: binary(t),
 	}
 	c.hub = c.id + "-hub"
+	dir, err := os.MkdirTemp("", "shoal-e2e-cluster-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.dir = dir
 	t.Cleanup(c.Close)
 	for _, cmd := range [][]string{
 		{"ip", "netns", "add", c.hub},
@@ -170,11 +178,14 @@ func (c *Cluster) AddNode(opts ...NodeOption) *Node {
 		Name:    fmt.Sprintf("n%d", i),
 		NS:      fmt.Sprintf("%s-n%d", c.id, i),
 		IP:      fmt.Sprintf("10.99.0.%d", 10+i),
-		DataDir: filepath.Join(c.t.TempDir(), "data"),
+		DataDir: filepath.Join(c.dir, fmt.Sprintf("n%d", i), "data"),
 	}
 	c.Nodes = append(c.Nodes, n)
 	c.mu.Unlock()
 	n.LogPath = filepath.Join(filepath.Dir(n.DataDir), "agent.log")
+	if err := os.MkdirAll(filepath.Dir(n.DataDir), 0o700); err != nil {
+		c.t.Fatal(err)
+	}
 	hostVeth := fmt.Sprintf("h%d", i)
 	for _, cmd := range [][]string{
 		{"ip", "netns", "add", n.NS},
@@ -375,6 +386,9 @@ func (c *Cluster) teardown() {
 		}
 	}
 	if err := run("ip", "netns", "del", c.hub); err != nil {
+		c.t.Errorf("teardown: %v", err)
+	}
+	if err := os.RemoveAll(c.dir); err != nil {
 		c.t.Errorf("teardown: %v", err)
 	}
 }

@@ -238,9 +238,20 @@ func (n *overlayNet) sweep(ctx context.Context, exists map[string]bool) {
 		n.log.Warn("list overlay attachments", "err", err)
 		return
 	}
+	gone := map[string]bool{}
 	for _, att := range atts {
 		if !exists[att.Owner] {
-			n.detach(ctx, "", att.Owner)
+			gone[att.Owner] = true
 		}
+	}
+	// Addresses whose veth vanished with its namespace (a container removed
+	// by hand) hold no link, only an allocation.
+	for _, owner := range n.mgr.AddressOwners() {
+		if !exists[owner] {
+			gone[owner] = true
+		}
+	}
+	for owner := range gone {
+		n.detach(ctx, "", owner)
 	}
 }

@@ -384,6 +384,22 @@ func (m *Manager) Attachments() ([]Attachment, error) {
 	return out, nil
 }
 
+// AddressOwners lists the owners holding an address of the node's
+// subnet, attached or not: what a sweep compares with the replicas that
+// exist, to release addresses whose veth went away with its namespace.
+func (m *Manager) AddressOwners() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.ipam == nil {
+		return nil
+	}
+	var out []string
+	for _, al := range m.ipam.List() {
+		out = append(out, al.Owner)
+	}
+	return out
+}
+
 // ResolvConf writes dir/resolv.conf naming this node's gateway as the name
 // server, where the DNS server of the lb package answers for NAME.shoal.
 // and forwards the rest, and returns its path, to be bind-mounted into
