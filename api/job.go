@@ -164,10 +164,21 @@ type Job struct {
 	// Rollout is kept by Shoal, not written by clients: what a rolling
 	// update would return to, and whether the last one was rolled back.
 	Rollout *Rollout `json:"rollout,omitempty"`
+	// Autoscaled is kept by Shoal: the last change the autoscaler made to
+	// Replicas.
+	Autoscaled *Autoscaled `json:"autoscaled,omitempty"`
 	// Version, in a request, is the version the writer last read, for
 	// compare-and-set (empty: write unconditionally); in an answer it is
 	// the stored version.
 	Version string `json:"version,omitempty"`
+}
+
+// Autoscaled records the autoscaler's last decision.
+type Autoscaled struct {
+	At     time.Time `json:"at"`
+	From   int       `json:"from"`
+	To     int       `json:"to"`
+	Reason string    `json:"reason"`
 }
 
 // Rollout is the state of a job's last spec change.
@@ -726,6 +737,7 @@ func (j Job) Clone() Job {
 	}
 	c.Scaling = clonePtr(j.Scaling)
 	c.Volumes = slices.Clone(j.Volumes)
+	c.Autoscaled = clonePtr(j.Autoscaled)
 	if j.Rollout != nil {
 		r := *j.Rollout
 		if j.Rollout.PreviousTask != nil {

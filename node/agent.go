@@ -368,8 +368,10 @@ func (a *Agent) loadLoop(ctx context.Context) {
 			a.log.Warn("sample memory", "err", err)
 			continue
 		}
-		repCPU, repMem := replicas.sample(ctx, a.tasks)
+		repCPU, repMem, perTask := replicas.sample(ctx, a.tasks)
 		a.rotateLogs(ctx)
+		a.publishUsage(perTask)
+		a.autoscale()
 		if err := a.cluster.UpdateMeta(func(m *gossip.Meta) {
 			m.Load.CPUPercent = pct
 			m.Load.MemoryUsedMB = used

@@ -20,15 +20,23 @@ type statsSource interface {
 	Stats(ctx context.Context, id string) (cpuUsageNanos, memoryBytes uint64, err error)
 }
 
+// taskUsage is one running replica's usage between two samples.
+type taskUsage struct {
+	Job       string
+	CPUMillis int64
+	MemoryMB  int64
+}
+
 // sample returns the CPU (millis of a CPU, averaged since the previous
-// sample) and memory (MiB) the running replicas use together.
-func (s *replicaSampler) sample(ctx context.Context, src statsSource) (cpuMillis, memoryMB int64) {
+// sample) and memory (MiB) the running replicas use, in all and per task.
+func (s *replicaSampler) sample(ctx context.Context, src statsSource) (cpuMillis, memoryMB int64, perTask map[string]taskUsage) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	tasks, _ := src.List(ctx) // a driver that is down contributes nothing
 	now := time.Now()
 	elapsed := now.Sub(s.prevAt)
 	cur := map[string]uint64{}
+	perTask = map[string]taskUsage{}
 	var cpuNanos, memBytes uint64
 	for _, t := range tasks {
 		if t.State != runtime.StateRunning {
@@ -40,15 +48,20 @@ func (s *replicaSampler) sample(ctx context.Context, src statsSource) (cpuMillis
 		}
 		cur[t.ID] = cpu
 		memBytes += mem
+		u := taskUsage{Job: t.Job, MemoryMB: int64(mem >> 20)}
 		if p, ok := s.prev[t.ID]; ok && cpu >= p {
 			cpuNanos += cpu - p
+			if !s.prevAt.IsZero() && elapsed > 0 {
+				u.CPUMillis = int64(float64(cpu-p) / float64(elapsed.Nanoseconds()) * 1000)
+			}
 		}
+		perTask[t.ID] = u
 	}
 	if !s.prevAt.IsZero() && elapsed > 0 {
 		cpuMillis = int64(float64(cpuNanos) / float64(elapsed.Nanoseconds()) * 1000)
 	}
 	s.prev, s.prevAt = cur, now
-	return cpuMillis, int64(memBytes >> 20)
+	return cpuMillis, int64(memBytes >> 20), perTask
 }
 
 // rotateLogs rotates every task's log file that outgrew LogMaxBytes.

@@ -153,11 +153,12 @@ func (r *reconciler) rollback(job api.Job, reason string) {
 	r.a.notifyJobs()
 }
 
-// carryRollout sets the server-kept rollout state of a job being stored:
+// carryRollout sets the server-kept state of a job being stored (rollout
+// and autoscaler):
 // a changed task remembers the one it replaces; an unchanged one keeps
 // what the stored job had.
 func carryRollout(job *api.Job, cur state.Record, exists bool) {
-	job.Rollout = nil
+	job.Rollout, job.Autoscaled = nil, nil
 	if !exists {
 		return
 	}
@@ -165,6 +166,8 @@ func carryRollout(job *api.Job, cur state.Record, exists bool) {
 	if json.Unmarshal(cur.Body, &old) != nil {
 		return
 	}
+	// The autoscaler's cooldown runs on across a user's update.
+	job.Autoscaled = old.Autoscaled
 	if specHash(old) == specHash(*job) {
 		job.Rollout = old.Rollout
 		return

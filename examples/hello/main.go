@@ -8,7 +8,9 @@ import (
 	"log"
 	"net/http"
 	"os"
+	"strconv"
 	"sync/atomic"
+	"time"
 )
 
 func main() {
@@ -37,8 +39,25 @@ func main() {
 		sick.Store(false)
 		fmt.Fprintln(w, "/healthz ok again")
 	})
+	// /burn?seconds=N keeps one CPU busy for N seconds (default 30), so
+	// autoscaling on CPU can be shown.
+	mux.HandleFunc("/burn", func(w http.ResponseWriter, r *http.Request) {
+		secs, err := strconv.Atoi(r.URL.Query().Get("seconds"))
+		if err != nil || secs <= 0 {
+			secs = 30
+		}
+		go burn(time.Duration(secs) * time.Second)
+		fmt.Fprintf(w, "burning one CPU for %ds\n", secs)
+	})
 	log.Printf("%s listening on %s", name, addr)
 	log.Fatal(http.ListenAndServe(addr, mux))
+}
+
+func burn(d time.Duration) {
+	end := time.Now().Add(d)
+	for x := 0; time.Now().Before(end); x++ {
+		_ = x * x
+	}
 }
 
 func envOr(k, def string) string {
