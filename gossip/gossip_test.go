@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"io"
 	"log/slog"
+	mathrand "math/rand/v2"
 	"net"
 	"strconv"
 	"strings"
@@ -20,12 +21,26 @@ func quietLogger() *slog.Logger {
 // freePort returns a TCP port that was free a moment ago on ip.
 func freePort(t *testing.T, ip string) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
-	if err != nil {
-		t.Fatalf("find free port: %v", err)
+	// Outside the kernel's ephemeral range (32768-60999), where outgoing
+	// connections of other tests take ports between our check and bind;
+	// free for TCP and UDP both (gossip uses the two).
+	for range 200 {
+		port := 20000 + mathrand.IntN(12000)
+		addr := net.JoinHostPort(ip, strconv.Itoa(port))
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
+		pc, err := net.ListenPacket("udp", addr)
+		ln.Close()
+		if err != nil {
+			continue
+		}
+		pc.Close()
+		return port
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	t.Fatal("find free port: none after 200 tries")
+	return 0
 }
 
 func testConfig(t *testing.T, name string, key []byte) Config {
