@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -219,5 +220,24 @@ func TestJobAPIAcceptsYAMLAndRejectsBadSpecs(t *testing.T) {
 	st, err := api.NewClient(a.APIAddr(), "tok", nil).Job(context.Background(), "web")
 	if err != nil || st.Replicas == nil || *st.Replicas != 2 {
 		t.Fatalf("stored job changed: %+v %v", st, err)
+	}
+}
+
+func TestRecordsOfGoneNodesAreForgotten(t *testing.T) {
+	a := startAgent(t, "a", "tok")
+	ghost, _ := json.Marshal(Endpoint{Job: "web", Replica: 0, Node: "ghost", State: StateRunning})
+	mine, _ := json.Marshal(Endpoint{Job: "web", Replica: 1, Node: "a", State: StateRunning})
+	if _, err := a.store.Write(kindEndpoint, endpointID("web", 0, "ghost"), ghost, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.store.Write(kindEndpoint, endpointID("web", 1, "a"), mine, false); err != nil {
+		t.Fatal(err)
+	}
+	a.forgetGoneNodes()
+	if _, ok := a.store.Get(kindEndpoint, endpointID("web", 0, "ghost")); ok {
+		t.Error("the endpoint of a node that is not a member is still stored")
+	}
+	if _, ok := a.store.Get(kindEndpoint, endpointID("web", 1, "a")); !ok {
+		t.Error("the node's own endpoint was deleted")
 	}
 }

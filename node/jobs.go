@@ -281,6 +281,42 @@ func (a *Agent) gcLoop(stop <-chan struct{}) {
 			} else if n > 0 {
 				a.log.Info("collected tombstones", "count", n)
 			}
+			a.forgetGoneNodes()
 		}
+	}
+}
+
+// forgetGoneNodes deletes the endpoint and usage records of nodes that
+// left the cluster or were reaped after failing: nobody else would, since
+// each node writes only its own. One node per gone node does it (the one
+// that ranks first for its name), so the deletions are not repeated by
+// everyone. A node that comes back writes its records again.
+func (a *Agent) forgetGoneNodes() {
+	members := a.cluster.Members()
+	present := map[string]bool{}
+	for _, m := range members {
+		present[m.Name] = m.Status != gossip.StatusLeft
+	}
+	var out []state.Record
+	for _, kind := range []string{kindEndpoint, kindUsage} {
+		for _, rec := range a.store.List(kind) {
+			var owner struct {
+				Node string `json:"node"`
+			}
+			if json.Unmarshal(rec.Body, &owner) != nil || owner.Node == "" {
+				continue
+			}
+			node := owner.Node
+			if present[node] || scalerOf("gone/"+node, members) != a.cfg.Gossip.NodeName {
+				continue
+			}
+			if del, err := a.store.Delete(kind, rec.ID); err == nil {
+				out = append(out, del)
+			}
+		}
+	}
+	if len(out) > 0 {
+		a.log.Info("forgot records of nodes that are gone", "records", len(out))
+		a.sync.Publish(out)
 	}
 }
