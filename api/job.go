@@ -211,6 +211,10 @@ type Task struct {
 	Ports []Port `json:"ports,omitempty"`
 	// Mounts place job volumes in the task's filesystem.
 	Mounts []Mount `json:"mounts,omitempty"`
+	// Secrets and Configs are mounted read-only, a file per key
+	// (containerd only). Their content is read when a replica starts.
+	Secrets []DataMount `json:"secrets,omitempty"`
+	Configs []DataMount `json:"configs,omitempty"`
 	// ReadOnlyRootfs mounts the image's root filesystem read-only.
 	ReadOnlyRootfs bool `json:"read_only_rootfs,omitempty"`
 	// Privileged drops the default hardening; use only when needed.
@@ -693,6 +697,8 @@ func (j *Job) dropEmpty() {
 	nilIfEmpty(&j.Task.Args)
 	nilIfEmpty(&j.Task.Ports)
 	nilIfEmpty(&j.Task.Mounts)
+	nilIfEmpty(&j.Task.Secrets)
+	nilIfEmpty(&j.Task.Configs)
 	if len(j.Task.Env) == 0 {
 		j.Task.Env = nil
 	}
@@ -720,6 +726,8 @@ func (j Job) Clone() Job {
 	c.Task.Env = maps.Clone(j.Task.Env)
 	c.Task.Ports = slices.Clone(j.Task.Ports)
 	c.Task.Mounts = slices.Clone(j.Task.Mounts)
+	c.Task.Secrets = slices.Clone(j.Task.Secrets)
+	c.Task.Configs = slices.Clone(j.Task.Configs)
 	c.Service = clonePtr(j.Service)
 	if j.Health != nil {
 		h := *j.Health
@@ -777,6 +785,16 @@ const (
 func (j *Job) ApplyDefaults() {
 	if j.Type == "" {
 		j.Type = JobTypeService
+	}
+	for i, m := range j.Task.Secrets {
+		if m.Path == "" {
+			j.Task.Secrets[i].Path = "/run/secrets/" + m.Name
+		}
+	}
+	for i, m := range j.Task.Configs {
+		if m.Path == "" {
+			j.Task.Configs[i].Path = "/etc/config/" + m.Name
+		}
 	}
 	if j.Replicas == nil {
 		r := 1
@@ -1032,6 +1050,15 @@ func (j *Job) validateTask() *FieldError {
 				return fieldErr(at+".port", "%d/%s is already used by %s", p.Port, p.Protocol, index("task.ports", k))
 			}
 		}
+	}
+	if len(t.Secrets) > maxListLen || len(t.Configs) > maxListLen {
+		return fieldErr("task.secrets", "at most %d secrets and %d configs", maxListLen, maxListLen)
+	}
+	if err := validateDataMounts("task.secrets", t.Secrets, t.Driver); err != nil {
+		return err
+	}
+	if err := validateDataMounts("task.configs", t.Configs, t.Driver); err != nil {
+		return err
 	}
 	if len(t.Mounts) > maxListLen {
 		return fieldErr("task.mounts", "at most %d mounts", maxListLen)

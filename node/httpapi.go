@@ -61,6 +61,12 @@ func (a *Agent) routes() http.Handler {
 	r.handle("GET", "/v1/images", a.handleListImages)
 	r.handle("GET", "/v1/events", a.handleEvents)
 	r.handle("GET", "/v1/services", a.handleServices)
+	for _, kind := range []string{"secrets", "configs"} {
+		r.handle("GET", "/v1/"+kind, a.handleListData)
+		r.handle("PUT", "/v1/"+kind+"/{name}", a.handlePutData)
+		r.handle("GET", "/v1/"+kind+"/{name}", a.handleGetData)
+		r.handle("DELETE", "/v1/"+kind+"/{name}", a.handleDeleteData)
+	}
 	r.handle("POST", "/v1/images", a.handleLoadImage)
 	return a.metrics.instrument(a.authenticate(r.mux))
 }

@@ -507,6 +507,7 @@ func (r *reconciler) pass(ctx context.Context) {
 		inUse[id] = true
 	}
 	r.sweepEphemeral(inUse)
+	r.a.sweepData(inUse)
 	if r.a.net != nil && err == nil {
 		r.a.net.sweep(ctx, inUse)
 		for id := range r.attached {
@@ -618,6 +619,15 @@ func (r *reconciler) taskSpec(job api.Job, rep placement.Replica) (runtime.TaskS
 	}
 	if r.a.net != nil && job.Task.Driver == api.DriverContainerd {
 		spec.Mounts = append(spec.Mounts, runtime.Mount{Source: r.a.net.resolvConf, Target: "/etc/resolv.conf", ReadOnly: true})
+	}
+	for kind, mounts := range map[string][]api.DataMount{api.KindSecret: job.Task.Secrets, api.KindConfig: job.Task.Configs} {
+		for _, m := range mounts {
+			dir, err := r.a.materialize(id, kind, m)
+			if err != nil {
+				return runtime.TaskSpec{}, err
+			}
+			spec.Mounts = append(spec.Mounts, runtime.Mount{Source: dir, Target: m.Path, ReadOnly: true})
+		}
 	}
 	for _, m := range job.Task.Mounts {
 		dir, err := r.volumeDir(job, id, m.Volume)

@@ -229,6 +229,10 @@ func Cleanup(namespace string) error {
 			errs = append(errs, fmt.Errorf("remove cgroup %s: %w", d, err))
 		}
 	}
+	// Files the agent wrote for its replicas (secrets, configs).
+	if err := os.RemoveAll(filepath.Join(RunDir, namespace)); err != nil {
+		errs = append(errs, fmt.Errorf("remove %s: %w", filepath.Join(RunDir, namespace), err))
+	}
 	// runc makes shoal/<ns> in every hierarchy for a container (blkio,
 	// pids, freezer, ...), not only in those the exec driver uses.
 	errs = append(errs, removeNamespaceCgroupsEverywhere(namespace))
@@ -241,6 +245,10 @@ func Cleanup(namespace string) error {
 	}
 	return nil
 }
+
+// RunDir holds, per namespace, files an agent writes for its replicas
+// (secrets and configs), on tmpfs on most hosts.
+const RunDir = "/run/shoal"
 
 // removeNamespaceCgroupsEverywhere removes the shoal/<namespace> tree,
 // deepest first, from every mounted cgroup hierarchy, and shoal/ itself

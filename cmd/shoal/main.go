@@ -80,6 +80,8 @@ func newRootCmd() *cobra.Command {
 		newEventsCmd(cf),
 		newServicesCmd(cf),
 		newWaitCmd(cf),
+		newDataCmd(cf, api.KindSecret),
+		newDataCmd(cf, api.KindConfig),
 		newKeygenCmd(),
 		newCleanupCmd(),
 		newDevCmd(),

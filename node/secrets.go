@@ -1,0 +1,237 @@
+package node
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/shoalmesh/shoal/api"
+	"github.com/shoalmesh/shoal/runtime"
+	"github.com/shoalmesh/shoal/state"
+)
+
+// Secrets and configs are replicated records like jobs: written at any
+// node, on every node. A secret's data is sealed with AES-GCM under a key
+// derived from the gossip key, so state files and sync traffic carry no
+// plaintext (dev mode, without a gossip key, stores it in the clear); the
+// API never returns a secret's values. A replica gets them as read-only
+// files, written when it starts under /run/shoal (tmpfs on most hosts).
+
+// storedData is the record body of a secret or config.
+type storedData struct {
+	// Sealed is nonce||ciphertext of the JSON of Data; Plain holds the
+	// data of configs, and of secrets in dev mode.
+	Sealed []byte            `json:"sealed,omitempty"`
+	Plain  map[string]string `json:"plain,omitempty"`
+	Keys   []string          `json:"keys"`
+	Bytes  int               `json:"bytes"`
+}
+
+func (a *Agent) secretsAEAD() (cipher.AEAD, error) {
+	if a.cfg.Gossip.GossipKey == nil {
+		return nil, nil
+	}
+	key, err := hkdf.Key(sha256.New, a.cfg.Gossip.GossipKey, nil, "shoal secrets at rest v1", 32)
+	if err != nil {
+		return nil, err
+	}
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	return cipher.NewGCM(block)
+}
+
+func (a *Agent) seal(kind, name string, d api.Data) ([]byte, error) {
+	body := storedData{Keys: d.SortedKeys()}
+	for k, v := range d.Data {
+		body.Bytes += len(k) + len(v)
+	}
+	aead, err := a.secretsAEAD()
+	if err != nil {
+		return nil, err
+	}
+	if kind == api.KindConfig || aead == nil {
+		body.Plain = d.Data
+		return json.Marshal(body)
+	}
+	plain, err := json.Marshal(d.Data)
+	if err != nil {
+		return nil, err
+	}
+	nonce := make([]byte, aead.NonceSize())
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, err
+	}
+	// The name is authenticated: a sealed value cannot be moved to another
+	// secret.
+	body.Sealed = aead.Seal(nonce, nonce, plain, []byte(kind+"/"+name))
+	return json.Marshal(body)
+}
+
+func (a *Agent) openData(kind, name string, raw []byte) (map[string]string, storedData, error) {
+	var body storedData
+	if err := json.Unmarshal(raw, &body); err != nil {
+		return nil, body, fmt.Errorf("decode %s %s: %w", kind, name, err)
+	}
+	if body.Sealed == nil {
+		return body.Plain, body, nil
+	}
+	aead, err := a.secretsAEAD()
+	if err != nil || aead == nil {
+		return nil, body, fmt.Errorf("%s %s is sealed and this node has no gossip key to open it", kind, name)
+	}
+	if len(body.Sealed) < aead.NonceSize() {
+		return nil, body, fmt.Errorf("%s %s: sealed data too short", kind, name)
+	}
+	nonce, ct := body.Sealed[:aead.NonceSize()], body.Sealed[aead.NonceSize():]
+	plain, err := aead.Open(nil, nonce, ct, []byte(kind+"/"+name))
+	if err != nil {
+		return nil, body, fmt.Errorf("%s %s: cannot open (written with another gossip key?): %w", kind, name, err)
+	}
+	var data map[string]string
+	if err := json.Unmarshal(plain, &data); err != nil {
+		return nil, body, fmt.Errorf("decode %s %s: %w", kind, name, err)
+	}
+	return data, body, nil
+}
+
+func dataKind(r *http.Request) string {
+	if filepath.Base(filepath.Dir(r.URL.Path)) == "configs" || r.URL.Path == "/v1/configs" {
+		return api.KindConfig
+	}
+	return api.KindSecret
+}
+
+func (a *Agent) handlePutData(w http.ResponseWriter, r *http.Request) {
+	kind, name := dataKind(r), r.PathValue("name")
+	var d api.Data
+	if !decodeJSON(w, r, api.MaxDataBytes*2+maxSmallBody, &d) {
+		return
+	}
+	if err := api.ValidateData(name, d); err != nil {
+		writeError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	raw, err := a.seal(kind, name, d)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "seal %s: %v", kind, err)
+		return
+	}
+	rec, err := a.store.Write(kind, name, raw, false)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "store %s: %v", kind, err)
+		return
+	}
+	a.sync.Publish([]state.Record{rec})
+	info, _ := a.dataInfo(kind, rec, false)
+	writeJSON(w, http.StatusOK, info)
+}
+
+func (a *Agent) dataInfo(kind string, rec state.Record, withValues bool) (api.DataInfo, error) {
+	data, body, err := a.openData(kind, rec.ID, rec.Body)
+	info := api.DataInfo{Name: rec.ID, Keys: body.Keys, Bytes: body.Bytes, Version: formatVersion(rec.Version)}
+	if withValues && kind == api.KindConfig {
+		info.Values = data
+	}
+	return info, err
+}
+
+func (a *Agent) handleListData(w http.ResponseWriter, r *http.Request) {
+	kind := dataKind(r)
+	out := []api.DataInfo{}
+	for _, rec := range a.store.List(kind) {
+		info, _ := a.dataInfo(kind, rec, false)
+		out = append(out, info)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (a *Agent) handleGetData(w http.ResponseWriter, r *http.Request) {
+	kind, name := dataKind(r), r.PathValue("name")
+	rec, ok := a.store.Get(kind, name)
+	if !ok {
+		writeError(w, http.StatusNotFound, "no %s named %q", kind, name)
+		return
+	}
+	info, err := a.dataInfo(kind, rec, true)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, info)
+}
+
+func (a *Agent) handleDeleteData(w http.ResponseWriter, r *http.Request) {
+	kind, name := dataKind(r), r.PathValue("name")
+	if _, ok := a.store.Get(kind, name); !ok {
+		writeError(w, http.StatusNotFound, "no %s named %q", kind, name)
+		return
+	}
+	rec, err := a.store.Delete(kind, name)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "delete %s: %v", kind, err)
+		return
+	}
+	a.sync.Publish([]state.Record{rec})
+	writeJSON(w, http.StatusOK, api.DeleteResponse{ID: name, Deleted: true, Version: formatVersion(rec.Version)})
+}
+
+// dataRoot holds the files of replicas' secrets and configs.
+func (a *Agent) dataRoot() string { return filepath.Join(runtime.RunDir, a.cfg.ContainerdNamespace) }
+
+// materialize writes a replica's secret or config as read-only files and
+// returns the directory to mount.
+func (a *Agent) materialize(task, kind string, m api.DataMount) (string, error) {
+	rec, ok := a.store.Get(kind, m.Name)
+	if !ok {
+		return "", fmt.Errorf("%s %q does not exist (create it with shoal %s set)", kind, m.Name, kind)
+	}
+	data, _, err := a.openData(kind, m.Name, rec.Body)
+	if err != nil {
+		return "", err
+	}
+	dir := filepath.Join(a.dataRoot(), task, kind, m.Name)
+	if err := os.RemoveAll(dir); err != nil {
+		return "", fmt.Errorf("prepare %s %s: %w", kind, m.Name, err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("prepare %s %s: %w", kind, m.Name, err)
+	}
+	// The task's user (whatever the image says) must read them; only
+	// root reaches them on the host (/run/shoal is root's, 0700).
+	if err := os.Chmod(runtime.RunDir, 0o700); err != nil {
+		return "", err
+	}
+	for k, v := range data {
+		if err := os.WriteFile(filepath.Join(dir, k), []byte(v), 0o444); err != nil {
+			return "", fmt.Errorf("write %s %s: %w", kind, m.Name, err)
+		}
+	}
+	return dir, nil
+}
+
+// sweepData removes the files of replicas that no longer exist here.
+func (a *Agent) sweepData(keep map[string]bool) {
+	entries, err := os.ReadDir(a.dataRoot())
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if !keep[e.Name()] {
+			if err := os.RemoveAll(filepath.Join(a.dataRoot(), e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+				a.log.Warn("remove replica secrets", "task", e.Name(), "err", err)
+			}
+		}
+	}
+}
