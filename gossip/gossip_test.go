@@ -6,12 +6,13 @@ import (
 	"crypto/rand"
 	"io"
 	"log/slog"
-	mathrand "math/rand/v2"
 	"net"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/shoalmesh/shoal/internal/freeport"
 )
 
 func quietLogger() *slog.Logger {
@@ -21,26 +22,7 @@ func quietLogger() *slog.Logger {
 // freePort returns a TCP port that was free a moment ago on ip.
 func freePort(t *testing.T, ip string) int {
 	t.Helper()
-	// Outside the kernel's ephemeral range (32768-60999), where outgoing
-	// connections of other tests take ports between our check and bind;
-	// free for TCP and UDP both (gossip uses the two).
-	for range 200 {
-		port := 20000 + mathrand.IntN(12000)
-		addr := net.JoinHostPort(ip, strconv.Itoa(port))
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			continue
-		}
-		pc, err := net.ListenPacket("udp", addr)
-		ln.Close()
-		if err != nil {
-			continue
-		}
-		pc.Close()
-		return port
-	}
-	t.Fatal("find free port: none after 200 tries")
-	return 0
+	return freeport.Get(t, ip)
 }
 
 func testConfig(t *testing.T, name string, key []byte) Config {

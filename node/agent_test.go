@@ -6,8 +6,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	mathrand "math/rand/v2"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -15,30 +13,12 @@ import (
 	"time"
 
 	"github.com/shoalmesh/shoal/api"
+	"github.com/shoalmesh/shoal/internal/freeport"
 )
 
 func freePort(t *testing.T) int {
 	t.Helper()
-	// Outside the kernel's ephemeral range (32768-60999), where outgoing
-	// connections of other tests take ports between our check and bind;
-	// free for TCP and UDP both (gossip uses the two).
-	for range 200 {
-		port := 20000 + mathrand.IntN(12000)
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			continue
-		}
-		pc, err := net.ListenPacket("udp", addr)
-		ln.Close()
-		if err != nil {
-			continue
-		}
-		pc.Close()
-		return port
-	}
-	t.Fatal("find free port: none after 200 tries")
-	return 0
+	return freeport.Get(t, "127.0.0.1")
 }
 
 // startAgent runs an agent on loopback until the test ends.
