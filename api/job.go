@@ -188,6 +188,10 @@ type Rollout struct {
 	PreviousTask *Task `json:"previous_task,omitempty"`
 	// RolledBack, when set, says why the last update was undone.
 	RolledBack string `json:"rolled_back,omitempty"`
+	// Since is when the task last changed; Done is set once every replica
+	// ran the new task healthy, which ends the watch for a rollback.
+	Since time.Time `json:"since,omitzero"`
+	Done  bool      `json:"done,omitempty"`
 }
 
 // Task is the process or container each replica runs.
@@ -1059,6 +1063,21 @@ func (j *Job) validateTask() *FieldError {
 	}
 	if err := validateDataMounts("task.configs", t.Configs, t.Driver); err != nil {
 		return err
+	}
+	used := map[string]bool{}
+	for _, m := range t.Secrets {
+		used[m.Path] = true
+	}
+	for i, m := range t.Configs {
+		if used[m.Path] {
+			return fieldErr(index("task.configs", i)+".path", "%s is also a secret's path", clip(m.Path, 256))
+		}
+		used[m.Path] = true
+	}
+	for i, m := range t.Mounts {
+		if used[m.Path] {
+			return fieldErr(index("task.mounts", i)+".path", "%s is also a secret's or config's path", clip(m.Path, 256))
+		}
 	}
 	if len(t.Mounts) > maxListLen {
 		return fieldErr("task.mounts", "at most %d mounts", maxListLen)

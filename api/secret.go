@@ -8,6 +8,7 @@ import (
 	"path"
 	"sort"
 	"strings"
+	"unicode/utf8"
 )
 
 // Kinds of named data a job can mount: secrets (values never leave the
@@ -55,6 +56,9 @@ func ValidateData(name string, d Data) *FieldError {
 	for k, v := range d.Data {
 		if !isDataKey(k) {
 			return fieldErr(key("data", k), "a key is a file name: 1-128 letters, digits, '.', '-' and '_', not starting with '.'")
+		}
+		if !utf8.ValidString(v) {
+			return fieldErr(key("data", k), "must be UTF-8 text (JSON cannot carry other bytes): base64-encode binary content")
 		}
 		size += len(k) + len(v)
 	}

@@ -179,7 +179,9 @@ func scaleDecision(job api.Job, usage []usageRecord, now time.Time) (desired int
 		return 0, "", false
 	}
 	desired = int(math.Ceil(float64(current) * ratio))
-	desired = min(max(desired, sp.Min), sp.Max)
+	// Never below one on utilisation: a job at zero replicas has no usage
+	// to scale back up from.
+	desired = min(max(desired, sp.Min, 1), sp.Max)
 	if desired == current {
 		return 0, "", false
 	}

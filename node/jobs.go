@@ -134,6 +134,9 @@ func (a *Agent) handlePutJob(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
+	// Without replicas in the request, an autoscaled job keeps the count
+	// the autoscaler chose (the default of 1 would undo it).
+	keepReplicas := job.Replicas == nil && job.Scaling != nil
 	job.ApplyDefaults()
 	if err := job.Validate(); err != nil {
 		writeError(w, http.StatusBadRequest, "%v", err)
@@ -147,6 +150,13 @@ func (a *Agent) handlePutJob(w http.ResponseWriter, r *http.Request) {
 	a.jobsMu.Lock()
 	cur, exists := a.store.Get(kindJob, job.ID)
 	carryRollout(&job, cur, exists)
+	if keepReplicas && exists {
+		var old api.Job
+		if json.Unmarshal(cur.Body, &old) == nil && old.Replicas != nil {
+			n := min(max(*old.Replicas, job.Scaling.Min), job.Scaling.Max)
+			job.Replicas = &n
+		}
+	}
 	if code, err := a.assignService(&job, cur, exists); err != nil {
 		a.jobsMu.Unlock()
 		writeError(w, code, "%v", err)
@@ -292,10 +302,23 @@ func (a *Agent) gcLoop(stop <-chan struct{}) {
 // that ranks first for its name), so the deletions are not repeated by
 // everyone. A node that comes back writes its records again.
 func (a *Agent) forgetGoneNodes() {
+	select {
+	case <-a.joined:
+	default:
+		return
+	}
 	members := a.cluster.Members()
 	present := map[string]bool{}
+	others := 0
 	for _, m := range members {
 		present[m.Name] = m.Status != gossip.StatusLeft
+		if m.Name != a.cfg.Gossip.NodeName && m.Status == gossip.StatusAlive {
+			others++
+		}
+	}
+	// A node that cannot reach anyone would take everyone for gone.
+	if others == 0 {
+		return
 	}
 	var out []state.Record
 	for _, kind := range []string{kindEndpoint, kindUsage} {

@@ -67,6 +67,17 @@ func endpointID(job string, replica int, node string) string {
 
 func taskID(job string, replica int) string { return job + "-" + strconv.Itoa(replica) }
 
+// unplacedOf is the set of a job's replicas that fit on no node.
+func unplacedOf(asg placement.Assignment, job string) map[int]bool {
+	out := map[int]bool{}
+	for _, u := range asg.Unplaced {
+		if u.Job == job {
+			out[u.Replica] = true
+		}
+	}
+	return out
+}
+
 // splitTaskID reverses taskID; replica is -1 for an id it did not make.
 func splitTaskID(id string) (job string, replica int) {
 	i := strings.LastIndexByte(id, '-')
@@ -377,7 +388,7 @@ func (r *reconciler) pass(ctx context.Context) {
 		case want:
 			if t.State == runtime.StateRunning && job.Update != nil {
 				if _, ok := rollable[job.ID]; !ok {
-					rollable[job.ID] = r.replaceable(job, alive)
+					rollable[job.ID] = r.replaceable(job, alive, unplacedOf(asg, job.ID))
 				}
 				if !rollable[job.ID][t.Replica] {
 					published[id] = r.endpointFor(t, job, fmt.Sprintf("waiting its turn in a rolling update (%d at a time)", job.Update.MaxParallel))
@@ -477,7 +488,7 @@ func (r *reconciler) pass(ctx context.Context) {
 			r.a.events.add("start-failed", rep.Job, rep.Index, err.Error())
 			published[id] = Endpoint{Job: rep.Job, Replica: rep.Index, Node: self, State: StateFailed, Message: err.Error()}
 			r.noteExit(id, job, -1)
-			r.checkRollout(job, runtime.TaskStatus{ID: id, Job: rep.Job, Replica: rep.Index, State: runtime.StateExited, SpecHash: spec.SpecHash})
+			r.checkRollout(job, runtime.TaskStatus{ID: id, Job: rep.Job, Replica: rep.Index, State: runtime.StateExited, ExitCode: -1, SpecHash: spec.SpecHash})
 			continue
 		}
 		r.a.log.Info("started replica", "task", id, "pid", st.PID)
@@ -490,6 +501,9 @@ func (r *reconciler) pass(ctx context.Context) {
 				r.checkRollout(job, t)
 			}
 		}
+	}
+	for _, job := range jobs {
+		r.finishRollout(job, alive, unplacedOf(asg, job.ID))
 	}
 	keep := map[string]bool{}
 	for id, ep := range published {
@@ -507,7 +521,9 @@ func (r *reconciler) pass(ctx context.Context) {
 		inUse[id] = true
 	}
 	r.sweepEphemeral(inUse)
-	r.a.sweepData(inUse)
+	if err == nil { // a driver that did not answer may still run replicas
+		r.a.sweepData(inUse)
+	}
 	if r.a.net != nil && err == nil {
 		r.a.net.sweep(ctx, inUse)
 		for id := range r.attached {

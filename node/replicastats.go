@@ -48,14 +48,15 @@ func (s *replicaSampler) sample(ctx context.Context, src statsSource) (cpuMillis
 		}
 		cur[t.ID] = cpu
 		memBytes += mem
-		u := taskUsage{Job: t.Job, MemoryMB: int64(mem >> 20)}
 		if p, ok := s.prev[t.ID]; ok && cpu >= p {
 			cpuNanos += cpu - p
+			// A task seen for the first time has no rate yet: left out, so
+			// the autoscaler waits rather than read it as idle.
 			if !s.prevAt.IsZero() && elapsed > 0 {
-				u.CPUMillis = int64(float64(cpu-p) / float64(elapsed.Nanoseconds()) * 1000)
+				perTask[t.ID] = taskUsage{Job: t.Job, MemoryMB: int64(mem >> 20),
+					CPUMillis: int64(float64(cpu-p) / float64(elapsed.Nanoseconds()) * 1000)}
 			}
 		}
-		perTask[t.ID] = u
 	}
 	if !s.prevAt.IsZero() && elapsed > 0 {
 		cpuMillis = int64(float64(cpuNanos) / float64(elapsed.Nanoseconds()) * 1000)

@@ -24,7 +24,14 @@ import (
 
 // replaceable returns the replicas of job whose old-spec copies may be
 // replaced now.
-func (r *reconciler) replaceable(job api.Job, alive map[string]bool) map[int]bool {
+func (r *reconciler) replaceable(job api.Job, alive map[string]bool, unplaced map[int]bool) map[int]bool {
+	out, _ := r.rolloutState(job, alive, unplaced)
+	return out
+}
+
+// rolloutState returns the replicas that may be replaced now, and whether
+// every replica runs the current spec, healthy for min_healthy_time.
+func (r *reconciler) rolloutState(job api.Job, alive map[string]bool, unplaced map[int]bool) (map[int]bool, bool) {
 	current := specHash(job)
 	want := 1
 	if job.Replicas != nil {
@@ -56,11 +63,14 @@ func (r *reconciler) replaceable(job api.Job, alive map[string]bool) map[int]boo
 		case done[i]:
 		case old[i]:
 			waiting = append(waiting, i)
+		case unplaced[i]:
+			// Fits nowhere: waiting for it would stall the update for good.
 		default:
 			inFlight++
 		}
 	}
 	slices.Sort(waiting)
+	complete := inFlight == 0 && len(waiting) == 0
 	out := map[int]bool{}
 	for _, i := range waiting {
 		if inFlight >= maxParallel {
@@ -69,7 +79,7 @@ func (r *reconciler) replaceable(job api.Job, alive map[string]bool) map[int]boo
 		out[i] = true
 		inFlight++
 	}
-	return out
+	return out, complete
 }
 
 // jobEndpoints decodes every node's endpoint records of one job.
@@ -90,18 +100,28 @@ func (r *reconciler) jobEndpoints(job string) []Endpoint {
 // automatic rollback and have a previous task are touched.
 func (r *reconciler) checkRollout(job api.Job, t runtime.TaskStatus) {
 	u := job.Update
-	if u == nil || u.AutoRollback == nil || !*u.AutoRollback || job.Rollout == nil || job.Rollout.PreviousTask == nil {
+	ro := job.Rollout
+	if u == nil || u.AutoRollback == nil || !*u.AutoRollback || ro == nil || ro.PreviousTask == nil || ro.Done {
 		return
 	}
-	if t.SpecHash != specHash(job) {
+	// Only copies of the new spec started by this update are judged: an
+	// adopted or older copy says nothing about the new spec.
+	if t.SpecHash != specHash(job) || (!t.StartedAt.IsZero() && t.StartedAt.Before(ro.Since)) {
 		return
 	}
 	var reason string
 	rs := r.restarts[t.ID]
+	h := r.health.result(t.ID)
+	policy := "always"
+	if job.Restart != nil {
+		policy = job.Restart.Policy
+	}
 	switch {
 	case rs != nil && rs.attempts >= rolloutMaxRestarts:
 		reason = fmt.Sprintf("replica %d of the new spec exited %d times (last exit code %d)", t.Replica, rs.attempts, rs.exitCode)
-	case t.State == runtime.StateRunning && job.Health != nil && !r.health.result(t.ID).healthy &&
+	case t.State == runtime.StateExited && policy != "always" && t.ExitCode >= 0:
+		reason = fmt.Sprintf("replica %d of the new spec exited (code %d) and its restart policy is %s", t.Replica, t.ExitCode, policy)
+	case t.State == runtime.StateRunning && job.Health != nil && h.known && !h.healthy &&
 		!t.StartedAt.IsZero() && time.Since(t.StartedAt) > time.Duration(u.HealthyDeadline):
 		reason = fmt.Sprintf("replica %d of the new spec was not healthy within %s", t.Replica, time.Duration(u.HealthyDeadline))
 	default:
@@ -117,32 +137,36 @@ const rolloutMaxRestarts = 3
 // the failure may write it; the writes carry the same task, so whichever
 // wins, the job goes back to the spec it had.
 func (r *reconciler) rollback(job api.Job, reason string) {
-	back := job.Clone()
-	back.Task = *job.Rollout.PreviousTask
-	back.Rollout = &api.Rollout{RolledBack: fmt.Sprintf("rolled back at %s: %s", time.Now().UTC().Format(time.RFC3339), reason)}
-	back.Version = ""
-	raw, err := json.Marshal(back)
-	if err != nil {
-		r.a.log.Error("encode rolled-back job", "job", job.ID, "err", err)
-		return
-	}
 	r.a.jobsMu.Lock()
 	cur, ok := r.a.store.Get(kindJob, job.ID)
+	if !ok {
+		r.a.jobsMu.Unlock()
+		return
+	}
+	// Applied to the stored job, not to the one this pass read: replica
+	// counts and other fields written meanwhile stay.
+	var stored api.Job
+	if json.Unmarshal(cur.Body, &stored) != nil || specHash(stored) != specHash(job) || stored.Rollout == nil || stored.Rollout.PreviousTask == nil {
+		r.a.jobsMu.Unlock()
+		return // a newer spec was written meanwhile, or already rolled back
+	}
+	back := stored.Clone()
+	back.Task = *stored.Rollout.PreviousTask
+	back.Rollout = &api.Rollout{RolledBack: fmt.Sprintf("rolled back at %s: %s", time.Now().UTC().Format(time.RFC3339), reason), Since: time.Now().UTC()}
+	back.Version = ""
+	if err := back.Validate(); err != nil {
+		r.a.jobsMu.Unlock()
+		msg := fmt.Sprintf("update failed (%s) but the previous task no longer fits the job: %v", reason, err)
+		r.a.log.Error("cannot roll back", "job", job.ID, "err", msg)
+		r.a.events.add("rollback-failed", job.ID, -1, msg)
+		return
+	}
+	raw, err := json.Marshal(back)
 	var rec state.Record
-	if ok {
-		var stored api.Job
-		// Only roll back the spec that failed, not a newer one written
-		// meanwhile.
-		if json.Unmarshal(cur.Body, &stored) != nil || specHash(stored) != specHash(job) {
-			r.a.jobsMu.Unlock()
-			return
-		}
+	if err == nil {
 		rec, err = r.a.store.Write(kindJob, job.ID, raw, false)
 	}
 	r.a.jobsMu.Unlock()
-	if !ok {
-		return
-	}
 	if err != nil {
 		r.a.log.Error("store rolled-back job", "job", job.ID, "err", err)
 		return
@@ -151,6 +175,42 @@ func (r *reconciler) rollback(job api.Job, reason string) {
 	r.a.log.Warn("update failed: rolling back", "job", job.ID, "reason", reason)
 	r.a.events.add("rolled-back", job.ID, -1, reason)
 	r.a.notifyJobs()
+}
+
+// finishRollout marks a job's update done once every replica runs the
+// new spec healthy, which ends the watch for a rollback. One node per job
+// writes it.
+func (r *reconciler) finishRollout(job api.Job, alive map[string]bool, unplaced map[int]bool) {
+	if job.Rollout == nil || job.Rollout.Done || job.Rollout.PreviousTask == nil {
+		return
+	}
+	if scalerOf("rollout/"+job.ID, r.a.cluster.Members()) != r.a.cfg.Gossip.NodeName {
+		return
+	}
+	if _, complete := r.rolloutState(job, alive, unplaced); !complete {
+		return
+	}
+	r.a.jobsMu.Lock()
+	cur, ok := r.a.store.Get(kindJob, job.ID)
+	var stored api.Job
+	if !ok || json.Unmarshal(cur.Body, &stored) != nil || specHash(stored) != specHash(job) || stored.Rollout == nil || stored.Rollout.Done {
+		r.a.jobsMu.Unlock()
+		return
+	}
+	stored.Rollout.Done = true
+	stored.Version = ""
+	raw, err := json.Marshal(stored)
+	var rec state.Record
+	if err == nil {
+		rec, err = r.a.store.Write(kindJob, job.ID, raw, false)
+	}
+	r.a.jobsMu.Unlock()
+	if err != nil {
+		r.a.log.Warn("store finished rollout", "job", job.ID, "err", err)
+		return
+	}
+	r.a.sync.Publish([]state.Record{rec})
+	r.a.events.add("updated", job.ID, -1, "every replica runs the new spec")
 }
 
 // carryRollout sets the server-kept state of a job being stored (rollout
@@ -173,5 +233,5 @@ func carryRollout(job *api.Job, cur state.Record, exists bool) {
 		return
 	}
 	prev := old.Clone().Task
-	job.Rollout = &api.Rollout{PreviousTask: &prev}
+	job.Rollout = &api.Rollout{PreviousTask: &prev, Since: time.Now().UTC()}
 }

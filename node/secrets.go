@@ -201,6 +201,10 @@ func (a *Agent) materialize(task, kind string, m api.DataMount) (string, error) 
 	if err != nil {
 		return "", err
 	}
+	// Keys become file names: whatever a peer wrote is checked again here.
+	if ferr := api.ValidateData(m.Name, api.Data{Data: data}); ferr != nil {
+		return "", fmt.Errorf("%s %s: %v", kind, m.Name, ferr)
+	}
 	dir := filepath.Join(a.dataRoot(), task, kind, m.Name)
 	if err := os.RemoveAll(dir); err != nil {
 		return "", fmt.Errorf("prepare %s %s: %w", kind, m.Name, err)
