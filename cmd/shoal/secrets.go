@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,6 +22,7 @@ func newDataCmd(cf *clientFlags, kind string) *cobra.Command {
 	}[kind]
 	cmd := &cobra.Command{Use: kind, Short: what}
 	var files []string
+	var stdinKey string
 	set := &cobra.Command{
 		Use:   "set NAME [KEY=VALUE...]",
 		Short: "Create or replace a " + kind + ": each key becomes a file in the mounted directory",
@@ -35,6 +37,14 @@ func newDataCmd(cf *clientFlags, kind string) *cobra.Command {
 					return fmt.Errorf("%q: want KEY=VALUE", kv)
 				}
 				d.Data[k] = v
+			}
+			if stdinKey != "" {
+				// A value on stdin stays out of ps and shell history.
+				raw, err := io.ReadAll(io.LimitReader(os.Stdin, api.MaxDataBytes+1))
+				if err != nil {
+					return fmt.Errorf("--stdin %s: %w", stdinKey, err)
+				}
+				d.Data[stdinKey] = string(raw)
 			}
 			for _, kp := range files {
 				k, p, ok := strings.Cut(kp, "=")
@@ -57,6 +67,7 @@ func newDataCmd(cf *clientFlags, kind string) *cobra.Command {
 			return nil
 		},
 	}
+	set.Flags().StringVar(&stdinKey, "stdin", "", "KEY: read that key's value from standard input")
 	set.Flags().StringArrayVar(&files, "from-file", nil, "KEY=PATH (or PATH, keyed by its base name): a file's content as a value")
 	ls := &cobra.Command{
 		Use:   "ls",
