@@ -67,6 +67,38 @@ func endpointID(job string, replica int, node string) string {
 
 func taskID(job string, replica int) string { return job + "-" + strconv.Itoa(replica) }
 
+// startCall is one replica start of a reconcile pass and its outcome.
+type startCall struct {
+	id   string
+	rep  placement.Replica
+	job  api.Job
+	spec runtime.TaskSpec
+	st   runtime.TaskStatus
+	err  error
+}
+
+// parallelStarts bounds the starts in flight: each spawns a shim or a
+// process and may pull an image.
+const parallelStarts = 4
+
+// runStarts runs the starts, parallelStarts at a time, each with its own
+// deadline (a start may pull the image first), and fills in their results.
+func (r *reconciler) runStarts(ctx context.Context, calls []startCall) {
+	sem := make(chan struct{}, parallelStarts)
+	var wg sync.WaitGroup
+	for i := range calls {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(c *startCall) {
+			defer func() { <-sem; wg.Done() }()
+			sctx, cancel := context.WithTimeout(ctx, taskCallTimeout+r.a.cfg.PullTimeout)
+			defer cancel()
+			c.st, c.err = r.runner.Start(sctx, c.spec)
+		}(&calls[i])
+	}
+	wg.Wait()
+}
+
 // unplacedOf is the set of a job's replicas that fit on no node.
 func unplacedOf(asg placement.Assignment, job string) map[int]bool {
 	out := map[int]bool{}
@@ -445,6 +477,7 @@ func (r *reconciler) pass(ctx context.Context) {
 	}
 
 	// Start what should run here and is not running.
+	var starts []startCall
 	for id, rep := range desired {
 		job := jobs[rep.Job]
 		t, exists := actual[id]
@@ -476,24 +509,27 @@ func (r *reconciler) pass(ctx context.Context) {
 			published[id] = Endpoint{Job: rep.Job, Replica: rep.Index, Node: self, State: StateFailed, Message: err.Error()}
 			continue
 		}
-		// A start may pull the image first.
-		sctx, scancel := context.WithTimeout(ctx, taskCallTimeout+r.a.cfg.PullTimeout)
-		st, err := r.runner.Start(sctx, spec)
-		scancel()
-		if err != nil && ctx.Err() != nil {
-			return // shutting down: not the task's fault
-		}
-		if err != nil {
-			r.a.log.Warn("start replica", "task", id, "err", err)
-			r.a.events.add("start-failed", rep.Job, rep.Index, err.Error())
-			published[id] = Endpoint{Job: rep.Job, Replica: rep.Index, Node: self, State: StateFailed, Message: err.Error()}
+		starts = append(starts, startCall{id: id, rep: rep, job: job, spec: spec})
+	}
+	// The starts themselves run a few at a time (a slow image pull does
+	// not hold up the others); their results are handled here, in order.
+	r.runStarts(ctx, starts)
+	if ctx.Err() != nil {
+		return // shutting down: not the tasks' fault
+	}
+	for _, c := range starts {
+		id, rep, job := c.id, c.rep, c.job
+		if c.err != nil {
+			r.a.log.Warn("start replica", "task", id, "err", c.err)
+			r.a.events.add("start-failed", rep.Job, rep.Index, c.err.Error())
+			published[id] = Endpoint{Job: rep.Job, Replica: rep.Index, Node: self, State: StateFailed, Message: c.err.Error()}
 			r.noteExit(id, job, -1)
-			r.checkRollout(job, runtime.TaskStatus{ID: id, Job: rep.Job, Replica: rep.Index, State: runtime.StateExited, ExitCode: -1, SpecHash: spec.SpecHash})
+			r.checkRollout(job, runtime.TaskStatus{ID: id, Job: rep.Job, Replica: rep.Index, State: runtime.StateExited, ExitCode: -1, SpecHash: c.spec.SpecHash})
 			continue
 		}
-		r.a.log.Info("started replica", "task", id, "pid", st.PID)
-		r.a.events.add("started", rep.Job, rep.Index, fmt.Sprintf("pid %d", st.PID))
-		published[id] = r.endpointFor(st, job, "")
+		r.a.log.Info("started replica", "task", id, "pid", c.st.PID)
+		r.a.events.add("started", rep.Job, rep.Index, fmt.Sprintf("pid %d", c.st.PID))
+		published[id] = r.endpointFor(c.st, job, "")
 	}
 	for id, t := range actual {
 		if _, want := desired[id]; want {
