@@ -191,34 +191,23 @@ func scaleDecision(job api.Job, usage []usageRecord, now time.Time) (desired int
 // setReplicas stores the job with a new replica count, unless the job
 // changed since it was read.
 func (a *Agent) setReplicas(job api.Job, desired int, reason string) {
-	a.jobsMu.Lock()
-	cur, ok := a.store.Get(kindJob, job.ID)
-	if !ok {
-		a.jobsMu.Unlock()
-		return
-	}
-	var stored api.Job
-	if json.Unmarshal(cur.Body, &stored) != nil || stored.Replicas == nil || *stored.Replicas != *job.Replicas || specHash(stored) != specHash(job) {
-		a.jobsMu.Unlock()
-		return
-	}
-	from := *stored.Replicas
-	stored.Replicas = &desired
-	stored.Autoscaled = &api.Autoscaled{At: time.Now().UTC(), From: from, To: desired, Reason: reason}
-	stored.Version = ""
-	raw, err := json.Marshal(stored)
-	var rec state.Record
-	if err == nil {
-		rec, err = a.store.Write(kindJob, job.ID, raw, false)
-	}
-	a.jobsMu.Unlock()
+	var from int
+	wrote, err := a.updateJob(job.ID, specHash(job), func(stored *api.Job) bool {
+		if stored.Replicas == nil || *stored.Replicas != *job.Replicas {
+			return false // changed since it was read
+		}
+		from = *stored.Replicas
+		stored.Replicas = &desired
+		stored.Autoscaled = &api.Autoscaled{At: time.Now().UTC(), From: from, To: desired, Reason: reason}
+		return true
+	})
 	if err != nil {
 		a.log.Warn("store autoscaled job", "job", job.ID, "err", err)
+	}
+	if !wrote {
 		return
 	}
-	a.sync.Publish([]state.Record{rec})
 	msg := fmt.Sprintf("replicas %d -> %d: %s", from, desired, reason)
 	a.log.Info("autoscaled", "job", job.ID, "from", from, "to", desired, "reason", reason)
 	a.events.add("scaled", job.ID, -1, msg)
-	a.notifyJobs()
 }

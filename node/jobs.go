@@ -343,3 +343,30 @@ func (a *Agent) forgetGoneNodes() {
 		a.sync.Publish(out)
 	}
 }
+
+// updateJob changes a stored job in place for the agent itself (rollout,
+// autoscaler): under jobsMu, only if the job still has the task with hash
+// wantSpec, and only if change says so; then the write is pushed to peers
+// and placement is told. It reports whether it wrote.
+func (a *Agent) updateJob(id, wantSpec string, change func(*api.Job) bool) (bool, error) {
+	a.jobsMu.Lock()
+	cur, ok := a.store.Get(kindJob, id)
+	var stored api.Job
+	if !ok || json.Unmarshal(cur.Body, &stored) != nil || specHash(stored) != wantSpec || !change(&stored) {
+		a.jobsMu.Unlock()
+		return false, nil
+	}
+	stored.Version = ""
+	raw, err := json.Marshal(stored)
+	var rec state.Record
+	if err == nil {
+		rec, err = a.store.Write(kindJob, id, raw, false)
+	}
+	a.jobsMu.Unlock()
+	if err != nil {
+		return false, fmt.Errorf("store job %s: %w", id, err)
+	}
+	a.sync.Publish([]state.Record{rec})
+	a.notifyJobs()
+	return true, nil
+}

@@ -137,44 +137,31 @@ const rolloutMaxRestarts = 3
 // the failure may write it; the writes carry the same task, so whichever
 // wins, the job goes back to the spec it had.
 func (r *reconciler) rollback(job api.Job, reason string) {
-	r.a.jobsMu.Lock()
-	cur, ok := r.a.store.Get(kindJob, job.ID)
-	if !ok {
-		r.a.jobsMu.Unlock()
-		return
-	}
-	// Applied to the stored job, not to the one this pass read: replica
-	// counts and other fields written meanwhile stay.
-	var stored api.Job
-	if json.Unmarshal(cur.Body, &stored) != nil || specHash(stored) != specHash(job) || stored.Rollout == nil || stored.Rollout.PreviousTask == nil {
-		r.a.jobsMu.Unlock()
-		return // a newer spec was written meanwhile, or already rolled back
-	}
-	back := stored.Clone()
-	back.Task = *stored.Rollout.PreviousTask
-	back.Rollout = &api.Rollout{RolledBack: fmt.Sprintf("rolled back at %s: %s", time.Now().UTC().Format(time.RFC3339), reason), Since: time.Now().UTC()}
-	back.Version = ""
-	if err := back.Validate(); err != nil {
-		r.a.jobsMu.Unlock()
-		msg := fmt.Sprintf("update failed (%s) but the previous task no longer fits the job: %v", reason, err)
+	var invalid error
+	wrote, err := r.a.updateJob(job.ID, specHash(job), func(stored *api.Job) bool {
+		if stored.Rollout == nil || stored.Rollout.PreviousTask == nil {
+			return false // already rolled back
+		}
+		back := stored.Clone()
+		back.Task = *stored.Rollout.PreviousTask
+		back.Rollout = &api.Rollout{RolledBack: fmt.Sprintf("rolled back at %s: %s", time.Now().UTC().Format(time.RFC3339), reason), Since: time.Now().UTC()}
+		if invalid = back.Validate(); invalid != nil {
+			return false
+		}
+		*stored = back
+		return true
+	})
+	switch {
+	case invalid != nil:
+		msg := fmt.Sprintf("update failed (%s) but the previous task no longer fits the job: %v", reason, invalid)
 		r.a.log.Error("cannot roll back", "job", job.ID, "err", msg)
 		r.a.events.add("rollback-failed", job.ID, -1, msg)
-		return
-	}
-	raw, err := json.Marshal(back)
-	var rec state.Record
-	if err == nil {
-		rec, err = r.a.store.Write(kindJob, job.ID, raw, false)
-	}
-	r.a.jobsMu.Unlock()
-	if err != nil {
+	case err != nil:
 		r.a.log.Error("store rolled-back job", "job", job.ID, "err", err)
-		return
+	case wrote:
+		r.a.log.Warn("update failed: rolling back", "job", job.ID, "reason", reason)
+		r.a.events.add("rolled-back", job.ID, -1, reason)
 	}
-	r.a.sync.Publish([]state.Record{rec})
-	r.a.log.Warn("update failed: rolling back", "job", job.ID, "reason", reason)
-	r.a.events.add("rolled-back", job.ID, -1, reason)
-	r.a.notifyJobs()
 }
 
 // finishRollout marks a job's update done once every replica runs the
@@ -190,26 +177,19 @@ func (r *reconciler) finishRollout(job api.Job, alive map[string]bool, unplaced 
 	if _, complete := r.rolloutState(job, alive, unplaced); !complete {
 		return
 	}
-	r.a.jobsMu.Lock()
-	cur, ok := r.a.store.Get(kindJob, job.ID)
-	var stored api.Job
-	if !ok || json.Unmarshal(cur.Body, &stored) != nil || specHash(stored) != specHash(job) || stored.Rollout == nil || stored.Rollout.Done {
-		r.a.jobsMu.Unlock()
-		return
-	}
-	stored.Rollout.Done = true
-	stored.Version = ""
-	raw, err := json.Marshal(stored)
-	var rec state.Record
-	if err == nil {
-		rec, err = r.a.store.Write(kindJob, job.ID, raw, false)
-	}
-	r.a.jobsMu.Unlock()
+	wrote, err := r.a.updateJob(job.ID, specHash(job), func(stored *api.Job) bool {
+		if stored.Rollout == nil || stored.Rollout.Done {
+			return false
+		}
+		stored.Rollout.Done = true
+		return true
+	})
 	if err != nil {
 		r.a.log.Warn("store finished rollout", "job", job.ID, "err", err)
+	}
+	if !wrote {
 		return
 	}
-	r.a.sync.Publish([]state.Record{rec})
 	r.a.events.add("updated", job.ID, -1, "every replica runs the new spec")
 }
 
