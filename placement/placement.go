@@ -9,9 +9,10 @@
 // the others keep their nodes. A replica goes to the best-ranked node that
 // fits it, satisfies the job's constraints, stays under a load bound
 // (consistent hashing with bounded loads) and does not yet hold a replica of
-// the same job. Jobs are processed
-// in ID order and replicas in index order, so the greedy fill is the same
-// whatever the order of the inputs.
+// the same job. Jobs are processed in ID order and replicas in index order
+// (or, for a job with about as many replicas as nodes, its (replica, node)
+// pairs in score order, see placeJobPairwise), so the greedy fill is the
+// same whatever the order of the inputs.
 //
 // # Why one ranking per replica
 //

@@ -29,6 +29,52 @@ func referenceAssign(view []Node, jobs []Job, opts Options) Assignment {
 			continue
 		}
 		count := map[int32]int32{}
+		if pairwise(job.Replicas, len(g.nodes)) {
+			// Brute force of the pairwise order: again and again, the best
+			// (replica, node) pair of an unplaced replica and a fitting node
+			// holding the fewest replicas of the job.
+			placed := make([]bool, job.Replicas)
+			for range job.Replicas {
+				minCount := int32(math.MaxInt32)
+				for _, n := range g.nodes {
+					if s.fits(n, &job) {
+						minCount = min(minCount, count[n])
+					}
+				}
+				best, bestReplica := cand{math.Inf(1), -1}, -1
+				for i := range job.Replicas {
+					if placed[i] {
+						continue
+					}
+					rk := replicaKey(jobKey(job.ID), i)
+					for _, n := range g.nodes {
+						if !s.fits(n, &job) || count[n] != minCount {
+							continue
+						}
+						c := cand{float64(negLn(unit(pairHash(rk, s.key[n]))) * s.invW[n]), n}
+						if better(c, best) || (c == best && i < bestReplica) {
+							best, bestReplica = c, i
+						}
+					}
+				}
+				if bestReplica < 0 {
+					for i, ok := range placed {
+						if !ok {
+							out.Unplaced = appendUnplaced(out.Unplaced, job.ID, i, i+1, s.resourceReason(&job, g.nodes))
+						}
+					}
+					break
+				}
+				n := best.node
+				placed[bestReplica] = true
+				slots[bestReplica] = s.nodes[n].Name
+				count[n]++
+				s.load[n]++
+				s.cpu[n] -= job.CPUMillis
+				s.mem[n] -= job.MemoryMB
+			}
+			continue
+		}
 		for i := range job.Replicas {
 			rk := replicaKey(jobKey(job.ID), i)
 			best := cand{math.Inf(1), -1}
