@@ -17,18 +17,6 @@ ENV_FILE=/var/lib/shoal-dev/$NAME/env
 
 die() { echo "demo: $*" >&2; exit 1; }
 
-# wait_running JOB N: until N replicas of JOB run (60 s at most).
-wait_running() {
-	local job=$1 want=$2 running=0
-	for _ in $(seq 1 300); do
-		running=$("$BIN" inspect "$job" | grep -c '"state": "running"' || true)
-		((running >= want)) && return 0
-		sleep 0.2
-	done
-	"$BIN" ps
-	die "only $running of $want replicas of $job run after 60s; agent logs: /var/lib/shoal-dev/$NAME/n*.log"
-}
-
 submit_jobs() {
 	[[ -r $ENV_FILE ]] || die "no dev cluster $NAME (no $ENV_FILE); start one with '$BIN dev up'"
 	# shellcheck disable=SC1090
@@ -38,7 +26,8 @@ submit_jobs() {
 	echo
 	echo "+ shoal run -f examples/web.yaml   # 3 replicas of the hello image, VIP port 80, node port 30080"
 	"$BIN" run -f examples/web.yaml >/dev/null
-	wait_running web 3
+	echo "+ shoal wait web   # until its 3 replicas run, pass their health checks and serve"
+	"$BIN" wait web
 	local n2 n3
 	n2=$("$BIN" nodes | awk '$1 == "n2" {print $2}')
 	n3=$("$BIN" nodes | awk '$1 == "n3" {print $2}')
