@@ -207,7 +207,7 @@ func newPsCmd(cf *clientFlags) *cobra.Command {
 			}
 			fmt.Println()
 			tw = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "REPLICA\tNODE\tSTATE\tIP\tRESTARTS\tMESSAGE")
+			fmt.Fprintln(tw, "REPLICA\tNODE\tSTATE\tIP\tHEALTH\tRESTARTS\tMESSAGE")
 			for _, j := range jobs {
 				for _, a := range j.Allocations {
 					node, ip := a.Node, a.IP
@@ -217,7 +217,16 @@ func newPsCmd(cf *clientFlags) *cobra.Command {
 					if ip == "" {
 						ip = "-"
 					}
-					fmt.Fprintf(tw, "%s-%d\t%s\t%s\t%s\t%d\t%s\n", j.ID, a.Replica, node, a.State, ip, a.Restarts, a.Message)
+					health := "-" // no check, or not running
+					switch {
+					case a.Healthy != nil && *a.Healthy:
+						health = "healthy"
+					case a.Healthy != nil:
+						health = "unhealthy"
+					case j.Health != nil && a.State == "running":
+						health = "checking"
+					}
+					fmt.Fprintf(tw, "%s-%d\t%s\t%s\t%s\t%s\t%d\t%s\n", j.ID, a.Replica, node, a.State, ip, health, a.Restarts, a.Message)
 				}
 			}
 			return tw.Flush()
