@@ -117,7 +117,7 @@ func (pc privateContainerd) stop(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	if containerdServing(ctx, pc.Socket) {
-		if err := cleanupAllNamespaces(ctx, pc.Socket); err != nil {
+		if err := shoalrt.CleanupAllContainerd(ctx, pc.Socket); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -129,7 +129,7 @@ func (pc privateContainerd) stop(ctx context.Context) error {
 	}
 	// Shims of containers the cleanup could not remove.
 	killReferencing(pc.Dir)
-	if err := unmountUnder(pc.Dir); err != nil {
+	if err := shoalrt.UnmountUnder(pc.Dir); err != nil {
 		errs = append(errs, err)
 	}
 	if err := os.RemoveAll(pc.Dir); err != nil {
@@ -139,25 +139,4 @@ func (pc privateContainerd) stop(ctx context.Context) error {
 		return fmt.Errorf("stop containerd of %s: %w", pc.Dir, err)
 	}
 	return nil
-}
-
-// cleanupAllNamespaces removes the containers and images of every
-// namespace of a containerd this cluster owns.
-func cleanupAllNamespaces(ctx context.Context, sock string) error {
-	cl, err := client.New(sock, client.WithTimeout(2*time.Second))
-	if err != nil {
-		return fmt.Errorf("connect to containerd at %s: %w", sock, err)
-	}
-	defer cl.Close()
-	nss, err := cl.NamespaceService().List(ctx)
-	if err != nil {
-		return fmt.Errorf("list containerd namespaces: %w", err)
-	}
-	var errs []error
-	for _, ns := range nss {
-		if err := shoalrt.CleanupContainerd(ctx, sock, ns); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
 }

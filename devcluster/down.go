@@ -105,10 +105,8 @@ func down(ctx context.Context, name, dir string, say func(string, ...any)) (foun
 		say("warning: containerd at %s does not answer; containers of this cluster in it (if any) are left", sock)
 	}
 	for _, n := range plan.Nodes {
+		// Also the cgroups runc left in every hierarchy.
 		if err := shoalrt.Cleanup(n.Namespace); err != nil {
-			errs = append(errs, err)
-		}
-		if err := removeCgroupLeftovers(n.Namespace); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -202,7 +200,7 @@ func agentsUnder(dir string) []int {
 func removeClusterDir(name, dir string, recorded bool) error {
 	var errs []error
 	if _, err := os.Stat(dir); err == nil {
-		if err := unmountUnder(dir); err != nil {
+		if err := shoalrt.UnmountUnder(dir); err != nil {
 			errs = append(errs, err)
 		}
 		entries, _ := os.ReadDir(dir)

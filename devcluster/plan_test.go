@@ -256,20 +256,6 @@ func TestProcessMatchersRecogniseOnlyTheClustersProcesses(t *testing.T) {
 	}
 }
 
-func TestCgroupMountPointsListsV1AndV2Hierarchies(t *testing.T) {
-	mountinfo := `25 30 0:23 / /sys rw,nosuid - sysfs sysfs rw
-33 25 0:28 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw
-34 25 0:29 / /sys/fs/cgroup/pids rw,nosuid shared:14 - cgroup cgroup rw,pids
-35 25 0:30 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
-36 25 0:31 / /mnt/with\040space rw - cgroup cgroup rw,blkio
-`
-	got := strings.Join(cgroupMountPoints(mountinfo), "|")
-	want := "/sys/fs/cgroup/unified|/sys/fs/cgroup/pids|/sys/fs/cgroup/cpu,cpuacct|/mnt/with space"
-	if got != want {
-		t.Errorf("cgroupMountPoints = %s, want %s", got, want)
-	}
-}
-
 func TestResolveDirFollowsTheClustersLink(t *testing.T) {
 	if got, _ := ResolveDir("dev", "/custom/place/"); got != "/custom/place" {
 		t.Errorf("explicit dir: %s", got)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -12,7 +13,6 @@ import (
 
 	"github.com/shoalmesh/shoal/api"
 	shoalrt "github.com/shoalmesh/shoal/runtime"
-	"github.com/shoalmesh/shoal/runtime/containerdtest"
 )
 
 // HelloRef names the image built from examples/hello.
@@ -23,37 +23,37 @@ var (
 	helloImagePath string
 )
 
-// HelloImage builds examples/hello into an OCI image archive once per test
-// binary and returns its path.
+// HelloImage packages the hello binary (Hello) as an OCI image archive
+// once per test binary and returns its path; it lies next to the binary,
+// in the directory TestMain removes.
 func HelloImage(t *testing.T) string {
 	t.Helper()
+	bin := Hello(t)
 	helloImageOnce.Do(func() {
-		// The archive outlives this test: TestMain removes the directory.
-		dir, err := os.MkdirTemp("", "shoal-e2e-image-")
+		data, err := os.ReadFile(bin)
 		if err != nil {
 			t.Fatal(err)
 		}
-		atExit = append(atExit, func() { os.RemoveAll(dir) })
-		helloImagePath = buildImageInto(t, dir)
+		path := filepath.Join(filepath.Dir(bin), "hello.tar")
+		f, err := os.Create(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		err = shoalrt.WriteImageArchive(f, HelloRef, shoalrt.ImageConfig{Entrypoint: []string{"/hello"}, User: "65534:65534"},
+			[]shoalrt.ImageFile{{Path: "/hello", Mode: 0o755, Data: data}})
+		if err == nil {
+			err = f.Close()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		helloImagePath = path
 	})
 	if helloImagePath == "" {
-		t.Fatal("building the hello image failed earlier")
+		t.Fatal("packaging the hello image failed earlier")
 	}
 	return helloImagePath
-}
-
-func buildImageInto(t *testing.T, dir string) string {
-	t.Helper()
-	src := containerdtest.BuildImage(t, "./examples/hello", HelloRef)
-	data, err := os.ReadFile(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dst := dir + "/hello.tar"
-	if err := os.WriteFile(dst, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return dst
 }
 
 // LoadHello imports the hello image on every node through the API.

@@ -370,8 +370,9 @@ func (a *Agent) loadLoop(ctx context.Context) {
 		}
 		repCPU, repMem, perTask := replicas.sample(ctx, a.tasks)
 		a.rotateLogs(ctx)
-		a.publishUsage(perTask)
-		a.autoscale()
+		scaled := a.autoscaledJobs()
+		a.publishUsage(scaled, perTask)
+		a.autoscale(scaled)
 		if err := a.cluster.UpdateMeta(func(m *gossip.Meta) {
 			m.Load.CPUPercent = pct
 			m.Load.MemoryUsedMB = used

@@ -52,8 +52,7 @@ func (a *Agent) autoscaledJobs() map[string]api.Job {
 
 // publishUsage writes this node's usage records of autoscaled jobs and
 // deletes those it no longer needs. Called by the load loop.
-func (a *Agent) publishUsage(perTask map[string]taskUsage) {
-	jobs := a.autoscaledJobs()
+func (a *Agent) publishUsage(jobs map[string]api.Job, perTask map[string]taskUsage) {
 	self := a.cfg.Gossip.NodeName
 	mine := map[string]*usageRecord{}
 	now := time.Now().UTC()
@@ -113,7 +112,7 @@ func scalerOf(job string, members []gossip.Member) string {
 
 // autoscale rescales the jobs this node decides for. Called by the load
 // loop after publishUsage.
-func (a *Agent) autoscale() {
+func (a *Agent) autoscale(jobs map[string]api.Job) {
 	select {
 	case <-a.joined:
 	default:
@@ -132,7 +131,7 @@ func (a *Agent) autoscale() {
 			usage[u.Job] = append(usage[u.Job], u)
 		}
 	}
-	for id, job := range a.autoscaledJobs() {
+	for id, job := range jobs {
 		if scalerOf(id, members) != a.cfg.Gossip.NodeName {
 			continue
 		}

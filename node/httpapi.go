@@ -61,11 +61,11 @@ func (a *Agent) routes() http.Handler {
 	r.handle("GET", "/v1/images", a.handleListImages)
 	r.handle("GET", "/v1/events", a.handleEvents)
 	r.handle("GET", "/v1/services", a.handleServices)
-	for _, kind := range []string{"secrets", "configs"} {
-		r.handle("GET", "/v1/"+kind, a.handleListData)
-		r.handle("PUT", "/v1/"+kind+"/{name}", a.handlePutData)
-		r.handle("GET", "/v1/"+kind+"/{name}", a.handleGetData)
-		r.handle("DELETE", "/v1/"+kind+"/{name}", a.handleDeleteData)
+	for _, kind := range []string{api.KindSecret, api.KindConfig} {
+		r.handle("GET", "/v1/"+kind+"s", a.handleListData(kind))
+		r.handle("PUT", "/v1/"+kind+"s/{name}", a.handlePutData(kind))
+		r.handle("GET", "/v1/"+kind+"s/{name}", a.handleGetData(kind))
+		r.handle("DELETE", "/v1/"+kind+"s/{name}", a.handleDeleteData(kind))
 	}
 	r.handle("POST", "/v1/images", a.handleLoadImage)
 	return a.metrics.instrument(a.authenticate(r.mux))

@@ -420,7 +420,7 @@ func (r *reconciler) pass(ctx context.Context) {
 		case want:
 			if t.State == runtime.StateRunning && job.Update != nil {
 				if _, ok := rollable[job.ID]; !ok {
-					rollable[job.ID] = r.replaceable(job, alive, unplacedOf(asg, job.ID))
+					rollable[job.ID], _ = r.rolloutState(job, alive, unplacedOf(asg, job.ID))
 				}
 				if !rollable[job.ID][t.Replica] {
 					published[id] = r.endpointFor(t, job, fmt.Sprintf("waiting its turn in a rolling update (%d at a time)", job.Update.MaxParallel))

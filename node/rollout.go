@@ -22,13 +22,6 @@ import (
 // in the same instant may briefly exceed max_parallel; the next decision
 // sees both.
 
-// replaceable returns the replicas of job whose old-spec copies may be
-// replaced now.
-func (r *reconciler) replaceable(job api.Job, alive map[string]bool, unplaced map[int]bool) map[int]bool {
-	out, _ := r.rolloutState(job, alive, unplaced)
-	return out
-}
-
 // rolloutState returns the replicas that may be replaced now, and whether
 // every replica runs the current spec, healthy for min_healthy_time.
 func (r *reconciler) rolloutState(job api.Job, alive map[string]bool, unplaced map[int]bool) (map[int]bool, bool) {

@@ -105,15 +105,12 @@ func (a *Agent) openData(kind, name string, raw []byte) (map[string]string, stor
 	return data, body, nil
 }
 
-func dataKind(r *http.Request) string {
-	if filepath.Base(filepath.Dir(r.URL.Path)) == "configs" || r.URL.Path == "/v1/configs" {
-		return api.KindConfig
-	}
-	return api.KindSecret
+func (a *Agent) handlePutData(kind string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) { a.putData(w, r, kind) }
 }
 
-func (a *Agent) handlePutData(w http.ResponseWriter, r *http.Request) {
-	kind, name := dataKind(r), r.PathValue("name")
+func (a *Agent) putData(w http.ResponseWriter, r *http.Request, kind string) {
+	name := r.PathValue("name")
 	var d api.Data
 	if !decodeJSON(w, r, api.MaxDataBytes*2+maxSmallBody, &d) {
 		return
@@ -146,8 +143,11 @@ func (a *Agent) dataInfo(kind string, rec state.Record, withValues bool) (api.Da
 	return info, err
 }
 
-func (a *Agent) handleListData(w http.ResponseWriter, r *http.Request) {
-	kind := dataKind(r)
+func (a *Agent) handleListData(kind string) http.HandlerFunc {
+	return func(w http.ResponseWriter, _ *http.Request) { a.listData(w, kind) }
+}
+
+func (a *Agent) listData(w http.ResponseWriter, kind string) {
 	out := []api.DataInfo{}
 	for _, rec := range a.store.List(kind) {
 		info, _ := a.dataInfo(kind, rec, false)
@@ -157,8 +157,11 @@ func (a *Agent) handleListData(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (a *Agent) handleGetData(w http.ResponseWriter, r *http.Request) {
-	kind, name := dataKind(r), r.PathValue("name")
+func (a *Agent) handleGetData(kind string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) { a.getData(w, r.PathValue("name"), kind) }
+}
+
+func (a *Agent) getData(w http.ResponseWriter, name, kind string) {
 	rec, ok := a.store.Get(kind, name)
 	if !ok {
 		writeError(w, http.StatusNotFound, "no %s named %q", kind, name)
@@ -172,8 +175,11 @@ func (a *Agent) handleGetData(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, info)
 }
 
-func (a *Agent) handleDeleteData(w http.ResponseWriter, r *http.Request) {
-	kind, name := dataKind(r), r.PathValue("name")
+func (a *Agent) handleDeleteData(kind string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) { a.deleteData(w, r.PathValue("name"), kind) }
+}
+
+func (a *Agent) deleteData(w http.ResponseWriter, name, kind string) {
 	if _, ok := a.store.Get(kind, name); !ok {
 		writeError(w, http.StatusNotFound, "no %s named %q", kind, name)
 		return

@@ -209,7 +209,6 @@ func (a *Agent) desiredServices() []lb.Service {
 type serviceLB struct {
 	a     *Agent
 	log   *slog.Logger
-	mode  string
 	table *lb.Table
 	proxy *lb.Proxy
 	dns   *lb.DNS
@@ -228,7 +227,7 @@ type serviceLB struct {
 // newServiceLB prepares the load balancer of a node; net may be nil (no
 // overlay: no DNS and no route for node-local VIP traffic).
 func newServiceLB(a *Agent, net *overlayNet, log *slog.Logger) (*serviceLB, error) {
-	s := &serviceLB{a: a, log: log, mode: a.cfg.LB, net: net, kick: make(chan struct{}, 1)}
+	s := &serviceLB{a: a, log: log, net: net, kick: make(chan struct{}, 1)}
 	switch a.cfg.LB {
 	case LBNftables:
 		cfg := lb.DefaultConfig()
@@ -328,7 +327,7 @@ func (s *serviceLB) stopDNS() {
 }
 
 func (s *serviceLB) sync() {
-	services := s.desired()
+	services := s.a.desiredServices()
 	programmed := true
 	if r, ok := s.vipRoute(); ok {
 		if err := lb.EnsureVIPRoute(r); err != nil {
@@ -383,8 +382,6 @@ func (s *serviceLB) vipRoute() (lb.VIPRoute, bool) {
 	_, subnet := s.net.state()
 	return lb.VIPRoute{CIDR: s.a.cfg.ServiceCIDR, Link: s.a.cfg.Overlay.BridgeName, Src: overlay.Gateway(subnet)}, true
 }
-
-func (s *serviceLB) desired() []lb.Service { return s.a.desiredServices() }
 
 // snapshot is what was last programmed.
 func (s *serviceLB) snapshot() []lb.Service {

@@ -324,14 +324,25 @@ func (s *solver) placeJob(p *jobPlan, slots []string, out *Assignment) {
 			break
 		}
 		slots[i] = s.nodes[node].Name
-		s.load[node]++
-		s.cpu[node] -= job.CPUMillis
-		s.mem[node] -= job.MemoryMB
-		if s.jobCount[node] == 0 {
-			s.touched = append(s.touched, node)
-		}
-		s.jobCount[node]++
+		s.take(node, job)
 	}
+	s.forgetJob()
+}
+
+// take books one replica of job on node n: its load, resources and the
+// job's count there.
+func (s *solver) take(n int32, job *Job) {
+	s.load[n]++
+	s.cpu[n] -= job.CPUMillis
+	s.mem[n] -= job.MemoryMB
+	if s.jobCount[n] == 0 {
+		s.touched = append(s.touched, n)
+	}
+	s.jobCount[n]++
+}
+
+// forgetJob clears the per-job counts take kept, for the next job.
+func (s *solver) forgetJob() {
 	for _, n := range s.touched {
 		s.jobCount[n] = 0
 	}
@@ -449,13 +460,7 @@ func (s *solver) placeJobPairwise(p *jobPlan, slots []string, out *Assignment) {
 			placed[pr.replica] = true
 			left--
 			slots[pr.replica] = s.nodes[n].Name
-			s.load[n]++
-			s.cpu[n] -= job.CPUMillis
-			s.mem[n] -= job.MemoryMB
-			if s.jobCount[n] == 0 {
-				s.touched = append(s.touched, n)
-			}
-			s.jobCount[n]++
+			s.take(n, job)
 		}
 		if left > 0 && !s.anyFits(g.nodes, job) {
 			reason := s.resourceReason(job, g.nodes)
@@ -467,8 +472,5 @@ func (s *solver) placeJobPairwise(p *jobPlan, slots []string, out *Assignment) {
 			break
 		}
 	}
-	for _, n := range s.touched {
-		s.jobCount[n] = 0
-	}
-	s.touched = s.touched[:0]
+	s.forgetJob()
 }

@@ -91,6 +91,34 @@ func parseMountinfo(data []byte) ([]mountinfoEntry, error) {
 	return out, nil
 }
 
+// UnmountUnder detaches every mount below dir, deepest first, so that
+// removing dir (a private containerd's root, say) neither fails on nor
+// descends into a container's rootfs.
+func UnmountUnder(dir string) error {
+	raw, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return fmt.Errorf("read mounts: %w", err)
+	}
+	mounts, err := parseMountinfo(raw)
+	if err != nil {
+		return err
+	}
+	var points []string
+	for _, m := range mounts {
+		if strings.HasPrefix(m.MountPoint, dir+"/") {
+			points = append(points, m.MountPoint)
+		}
+	}
+	slices.SortFunc(points, func(a, b string) int { return len(b) - len(a) })
+	var errs []error
+	for _, p := range points {
+		if err := unix.Unmount(p, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", p, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // unescapeMountPath undoes the octal escapes (\040 for a space, ...) the
 // kernel writes in mountinfo paths.
 func unescapeMountPath(s string) string {

@@ -674,6 +674,26 @@ func (c *Containerd) Close() error {
 	return err
 }
 
+// CleanupAllContainerd runs CleanupContainerd on every namespace of the
+// daemon at address: for a private daemon about to be stopped (its shims
+// would outlive it).
+func CleanupAllContainerd(ctx context.Context, address string) error {
+	cl, err := client.New(address, client.WithTimeout(2*time.Second))
+	if err != nil {
+		return fmt.Errorf("connect to containerd at %s: %w", address, err)
+	}
+	defer cl.Close()
+	nss, err := cl.NamespaceService().List(ctx)
+	if err != nil {
+		return fmt.Errorf("list containerd namespaces: %w", err)
+	}
+	var errs []error
+	for _, ns := range nss {
+		errs = append(errs, CleanupContainerd(ctx, address, ns))
+	}
+	return errors.Join(errs...)
+}
+
 // CleanupContainerd removes every container and image of a containerd
 // namespace and then the namespace itself: what `shoal cleanup` and test
 // teardown use after an agent is gone.

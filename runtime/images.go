@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/containerd/containerd/v2/client"
@@ -86,14 +87,6 @@ func (c *Containerd) ListImages(ctx context.Context) ([]Image, error) {
 		size, _ := img.Size(ctx, cl.ContentStore(), platforms.Default())
 		out = append(out, Image{Name: img.Name, Digest: img.Target.Digest.String(), Size: size, CreatedAt: img.CreatedAt})
 	}
-	slices.SortFunc(out, func(a, b Image) int {
-		switch {
-		case a.Name < b.Name:
-			return -1
-		case a.Name > b.Name:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b Image) int { return strings.Compare(a.Name, b.Name) })
 	return out, nil
 }

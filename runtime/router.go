@@ -129,9 +129,6 @@ func (r *Router) LogPath(id string) string {
 	return r.drivers[r.order[0]].LogPath(id)
 }
 
-// Driver returns the named driver, or nil.
-func (r *Router) Driver(name string) Driver { return r.drivers[name] }
-
 // Close closes every driver; tasks keep running.
 func (r *Router) Close() error {
 	var errs []error

@@ -126,17 +126,7 @@ func (d *Daemon) Stop() error {
 	if d.cmd == nil {
 		return nil
 	}
-	// Shims outlive the daemon: remove every container first.
-	if cl, err := client.New(d.Address, client.WithTimeout(time.Second)); err == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		if nss, err := cl.NamespaceService().List(ctx); err == nil {
-			for _, ns := range nss {
-				_ = shoalrt.CleanupContainerd(ctx, d.Address, ns)
-			}
-		}
-		cancel()
-		cl.Close()
-	}
+	d.removeContainers()
 	_ = d.cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan error, 1)
 	go func() { done <- d.cmd.Wait() }()
@@ -149,7 +139,7 @@ func (d *Daemon) Stop() error {
 	d.cmd = nil
 	// Mounts left by a crashed container would make RemoveAll fail; the
 	// overlay snapshots live under root/.
-	unmountUnder(d.Dir)
+	_ = shoalrt.UnmountUnder(d.Dir)
 	if err := os.RemoveAll(d.Dir); err != nil {
 		return fmt.Errorf("remove containerd dir: %w", err)
 	}
@@ -181,7 +171,7 @@ func sweepStale() {
 				continue
 			}
 		}
-		unmountUnder(dir)
+		_ = shoalrt.UnmountUnder(dir)
 		_ = os.RemoveAll(dir)
 	}
 }
@@ -207,23 +197,22 @@ func parentOf(pid int) int {
 
 // stopOrphan stops a daemon this process did not start.
 func (d *Daemon) stopOrphan() {
-	if cl, err := client.New(d.Address, client.WithTimeout(time.Second)); err == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		if nss, err := cl.NamespaceService().List(ctx); err == nil {
-			for _, ns := range nss {
-				_ = shoalrt.CleanupContainerd(ctx, d.Address, ns)
-			}
-		}
-		cancel()
-		cl.Close()
-	}
+	d.removeContainers()
 	_ = d.cmd.Process.Signal(syscall.SIGTERM)
 	for i := 0; i < 100 && syscall.Kill(d.cmd.Process.Pid, 0) == nil; i++ {
 		time.Sleep(100 * time.Millisecond)
 	}
 	_ = syscall.Kill(d.cmd.Process.Pid, syscall.SIGKILL)
-	unmountUnder(d.Dir)
+	_ = shoalrt.UnmountUnder(d.Dir)
 	_ = os.RemoveAll(d.Dir)
+}
+
+// removeContainers removes every container of the daemon: shims outlive
+// it, so they go first.
+func (d *Daemon) removeContainers() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_ = shoalrt.CleanupAllContainerd(ctx, d.Address)
 }
 
 // Log is what the daemon printed.
@@ -232,19 +221,6 @@ func (d *Daemon) Log() string {
 		return ""
 	}
 	return d.log.String()
-}
-
-func unmountUnder(dir string) {
-	data, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return
-	}
-	for _, line := range bytes.Split(data, []byte("\n")) {
-		f := bytes.Fields(line)
-		if len(f) > 4 && bytes.HasPrefix(f[4], []byte(dir+"/")) {
-			_ = syscall.Unmount(string(f[4]), syscall.MNT_DETACH)
-		}
-	}
 }
 
 // BuildImage builds the Go main package at pkg (a path relative to the
