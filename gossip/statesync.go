@@ -44,6 +44,10 @@ const (
 	// maxSyncBytes bounds the bytes of records one exchange accepts.
 	maxSyncBytes = 256 << 20
 	inSync       = 0x00
+	// futureWarnEvery spaces out warnings about records skipped for being
+	// too far ahead of the local clock: a peer holding one offers it again
+	// on every anti-entropy exchange.
+	futureWarnEvery = time.Minute
 )
 
 // ErrFrameTooLarge is returned for a frame over MaxFrame.
@@ -100,6 +104,9 @@ type StateSync struct {
 	// busy is set while the push loop holds dequeued records.
 	busy atomic.Bool
 	wg   sync.WaitGroup
+	// lastFutureWarn is when (Unix nanoseconds) skipped future records were
+	// last logged at warning level.
+	lastFutureWarn atomic.Int64
 }
 
 type pushItem struct {
@@ -287,7 +294,7 @@ func (s *StateSync) servePush(st network.Stream) {
 		return
 	}
 	s.stats.PushesReceived.Add(1)
-	changed := s.apply(recs)
+	changed := s.apply(from, recs)
 	if len(changed) > 0 {
 		// Forward only what was new here: each node relays a version once.
 		select {
@@ -297,13 +304,21 @@ func (s *StateSync) servePush(st network.Stream) {
 	}
 }
 
-func (s *StateSync) apply(recs []state.Record) []state.Record {
+// apply merges records received from peer from into the store and returns
+// those that changed it.
+func (s *StateSync) apply(from string, recs []state.Record) []state.Record {
 	if len(recs) == 0 {
 		return nil
 	}
 	changed, err := s.store.Apply(recs)
-	if err != nil {
-		s.log.Warn("apply records from peer", "err", err)
+	switch {
+	case errors.Is(err, state.ErrFutureVersion):
+		// The rest of the batch was applied. The skipped records stay out
+		// (and are not forwarded) until this clock is within the drift
+		// bound of them; anti-entropy keeps offering them until then.
+		s.warnFuture(from, err)
+	case err != nil:
+		s.log.Warn("apply records from peer", "peer", from, "err", err)
 		return nil
 	}
 	if len(changed) > 0 {
@@ -313,6 +328,19 @@ func (s *StateSync) apply(recs []state.Record) []state.Record {
 		}
 	}
 	return changed
+}
+
+// warnFuture logs records skipped for being too far ahead, at warning level
+// at most once per futureWarnEvery and at debug level otherwise, since a
+// peer holding one resends it every anti-entropy round.
+func (s *StateSync) warnFuture(from string, err error) {
+	level := slog.LevelDebug
+	now := time.Now().UnixNano()
+	if last := s.lastFutureWarn.Load(); now-last >= int64(futureWarnEvery) && s.lastFutureWarn.CompareAndSwap(last, now) {
+		level = slog.LevelWarn
+	}
+	s.log.Log(context.Background(), level, "skipped records from peer too far ahead of this node's clock; check time sync on both",
+		"peer", from, "err", err)
 }
 
 func (s *StateSync) reject(st network.Stream, what, from string, err error) {
@@ -343,7 +371,7 @@ func (s *StateSync) SyncWith(ctx context.Context, m Member) error {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = st.SetDeadline(dl)
 	}
-	err = s.syncInitiator(st)
+	err = s.syncInitiator(st, m.Name)
 	if err != nil {
 		s.stats.SyncFail.Add(1)
 		st.Reset()
@@ -352,7 +380,7 @@ func (s *StateSync) SyncWith(ctx context.Context, m Member) error {
 	return nil
 }
 
-func (s *StateSync) syncInitiator(st network.Stream) error {
+func (s *StateSync) syncInitiator(st network.Stream, peer string) error {
 	w := bufio.NewWriter(&countingWriter{w: st, n: &s.stats.BytesSent})
 	r := bufio.NewReader(&countingReader{r: st, n: &s.stats.BytesReceived})
 	mine := s.store.Digest()
@@ -392,7 +420,7 @@ func (s *StateSync) syncInitiator(st network.Stream) error {
 	if err != nil {
 		return err
 	}
-	s.apply(recs)
+	s.apply(peer, recs)
 	return nil
 }
 
@@ -434,7 +462,7 @@ func (s *StateSync) serveSync(st network.Stream) {
 		s.reject(st, "sync", from, err)
 		return
 	}
-	s.apply(theirs)
+	s.apply(from, theirs)
 	got := make(map[state.Key]state.Version, len(theirs))
 	for _, rec := range theirs {
 		got[rec.Key()] = rec.Version

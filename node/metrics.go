@@ -189,10 +189,14 @@ var (
 	syncRoundsDesc  = prometheus.NewDesc("shoal_state_antientropy_rounds_total", "Anti-entropy rounds this node started, by result.", []string{"result"}, nil)
 	syncRejectDesc  = prometheus.NewDesc("shoal_state_rejected_messages_total", "Malformed or oversized state messages from peers.", nil, nil)
 	storeRecsDesc   = prometheus.NewDesc("shoal_state_records", "Records in the local store.", []string{"kind"}, nil)
+	// Rising steadily, it names a clock problem: some peer holds versions
+	// further ahead of this node's clock than the store's drift bound.
+	storeFutureDesc = prometheus.NewDesc("shoal_state_future_versions_rejected_total",
+		"Records from peers skipped because their version was further ahead of this node's clock than the maximum clock drift; a record offered again counts again.", nil, nil)
 )
 
 func (sc *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{syncBytesDesc, syncPushesDesc, syncAppliedDesc, syncRoundsDesc, syncRejectDesc, storeRecsDesc} {
+	for _, d := range []*prometheus.Desc{syncBytesDesc, syncPushesDesc, syncAppliedDesc, syncRoundsDesc, syncRejectDesc, storeRecsDesc, storeFutureDesc} {
 		ch <- d
 	}
 }
@@ -215,6 +219,7 @@ func (sc *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	stats := sc.store.Stats()
 	ch <- prometheus.MustNewConstMetric(storeRecsDesc, prometheus.GaugeValue, float64(stats.Live), "live")
 	ch <- prometheus.MustNewConstMetric(storeRecsDesc, prometheus.GaugeValue, float64(stats.Tombstones), "tombstone")
+	counter(storeFutureDesc, stats.FutureRejected)
 }
 
 // replicaCollector reads each local replica's cgroup usage at scrape time.

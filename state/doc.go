@@ -16,6 +16,26 @@
 //     exchange [Store.BucketRecords] of the differing buckets, encoded with
 //     [EncodeRecords], and feed what they receive to [Store.Apply].
 //
+// Peers' clocks are trusted only so far. Apply skips a record whose version
+// is more than [Options.MaxClockDrift] ahead of this node's physical clock:
+// it is not stored, not observed by the HLC, and not among the changed
+// records a caller forwards; it is counted in [Stats.FutureRejected] and
+// listed in the [FutureVersionsError] that Apply returns beside the rest of
+// the batch, which it still applies.
+// No peer can therefore move this node's clock more than the bound past real
+// time, and a fast clock wins merges it should lose for at most that long. A
+// node whose own clock runs further ahead still writes locally, but its
+// writes reach no peer until real time catches up with them. The state file
+// is this node's own history and is trusted: Open observes every version in
+// it.
+//
+// A peer holding such a record keeps a digest that differs from this node's
+// in that record's bucket. Every anti-entropy exchange with it resends that
+// one bucket, and Apply skips and counts the record again, while the other
+// records of that bucket and of every other bucket still converge. The
+// digests agree once this node's clock comes within the bound of the
+// record's version and Apply accepts it.
+//
 // Replication is AP: during a partition both sides accept writes, and when it
 // heals the later version of each record wins everywhere. Tombstones keep a
 // delete visible to peers until [Store.GC] drops them; the expiry must be

@@ -28,6 +28,10 @@ var (
 	ErrTooLarge = errors.New("input too large")
 	// ErrClosed means the store has been closed.
 	ErrClosed = errors.New("state store closed")
+	// ErrFutureVersion means records were skipped because their versions
+	// are further ahead of this node's clock than Options.MaxClockDrift.
+	// The error is a *FutureVersionsError.
+	ErrFutureVersion = errors.New("version too far ahead of the clock")
 )
 
 // Key identifies a record.

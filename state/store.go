@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -24,6 +25,11 @@ const (
 	// DefaultLockTimeout is how long Open waits for another process that
 	// holds the state file, before failing instead of hanging.
 	DefaultLockTimeout = time.Second
+	// DefaultMaxClockDrift is how far ahead of this node's clock a peer's
+	// version may be. NTP keeps clocks within milliseconds of each other; a
+	// minute still accepts a node whose time sync has lapsed for a while,
+	// and bounds how long a fast clock can win merges it should lose.
+	DefaultMaxClockDrift = time.Minute
 )
 
 // On-disk layout: bucket "records" maps uvarint(len(kind))||kind||id to an
@@ -50,6 +56,21 @@ type Options struct {
 	// LockTimeout bounds how long Open waits for the file lock. Zero means
 	// DefaultLockTimeout.
 	LockTimeout time.Duration
+	// MaxClockDrift bounds how far ahead of Clock the version of a record
+	// from a peer may be. Apply skips records beyond it, neither storing nor
+	// observing them, so a node whose clock runs a year fast, or a forged
+	// version, cannot drag every node's HLC a year ahead and win every
+	// last-writer-wins merge until then. Local writes are not checked.
+	//
+	// The trade-off: a larger bound tolerates worse clocks, but lets a fast
+	// node's writes beat other nodes' later writes for up to that long; a
+	// smaller one delays records from nodes whose clocks run ahead until
+	// this clock comes within the bound (anti-entropy offers them again).
+	// Set it above the largest skew between any two nodes' clocks: a peer's
+	// versions may run as far ahead as the fastest clock it has observed,
+	// and this node's clock may itself be behind. Zero means
+	// DefaultMaxClockDrift; negative disables the bound.
+	MaxClockDrift time.Duration
 }
 
 func (o *Options) fill() error {
@@ -64,6 +85,9 @@ func (o *Options) fill() error {
 	}
 	if o.LockTimeout == 0 {
 		o.LockTimeout = DefaultLockTimeout
+	}
+	if o.MaxClockDrift == 0 {
+		o.MaxClockDrift = DefaultMaxClockDrift
 	}
 	return nil
 }
@@ -92,7 +116,8 @@ type Store struct {
 	root      [32]byte
 	rootDirty bool
 
-	tombstones int
+	tombstones     int
+	futureRejected uint64
 }
 
 type entry struct {
@@ -101,10 +126,15 @@ type entry struct {
 	bucket uint8
 }
 
-// Stats counts a store's records.
+// Stats counts a store's records, and the records it refused.
 type Stats struct {
 	Live       int // records that are not deleted
 	Tombstones int // deleted records not yet collected
+	// FutureRejected counts the records Apply has skipped since the store
+	// was opened because their versions were more than MaxClockDrift ahead
+	// of the clock. A record offered again is counted again, so a peer
+	// holding one raises it on every anti-entropy exchange.
+	FutureRejected uint64
 }
 
 func newStore(opts Options) (*Store, error) {
@@ -236,10 +266,16 @@ func (s *Store) Write(kind, id string, body []byte, deleted bool) (Record, error
 	if s.closed {
 		return Record{}, fmt.Errorf("write %s/%s: %w", kind, id, ErrClosed)
 	}
-	if cur, ok := s.lookup(kind, id); ok {
+	cur, have := s.lookup(kind, id)
+	if have {
 		s.hlc.Observe(cur.rec.Version) // already true; kept as a guarantee
 	}
 	r.Version = s.hlc.Now()
+	if have && !cur.rec.Version.Less(r.Version) {
+		// Only a clock saturated at the end of its range (see HLC.Now) gets
+		// here; a write that cannot win would be undone by the next sync.
+		return Record{}, fmt.Errorf("write %s/%s: clock cannot stamp a version newer than %v", kind, id, cur.rec.Version)
+	}
 	if err := s.commit([]Record{r}, nil); err != nil {
 		return Record{}, fmt.Errorf("write %s/%s: %w", kind, id, err)
 	}
@@ -253,7 +289,9 @@ func (s *Store) Delete(kind, id string) (Record, error) {
 }
 
 // Put merges one record, from a peer or elsewhere, into the store. It
-// reports whether the record won and changed the store.
+// reports whether the record won and changed the store. Like Apply, it skips
+// a record too far ahead of the clock and returns an error matching
+// ErrFutureVersion.
 func (s *Store) Put(r Record) (bool, error) {
 	changed, err := s.Apply([]Record{r})
 	return len(changed) > 0, err
@@ -263,8 +301,16 @@ func (s *Store) Put(r Record) (bool, error) {
 // records that changed it, in input order. Records that lose to what the
 // store holds are ignored; so is a tombstone older than the tombstone expiry,
 // except that it still removes an older live record it wins over. The store's
-// clock observes every record, so later local writes win over them. If any
-// record is invalid nothing is applied.
+// clock observes every record it does not skip, so later local writes win
+// over them. If any record is invalid nothing is applied.
+//
+// A record that would win but whose version is more than
+// Options.MaxClockDrift ahead of the clock is skipped: not stored, not
+// observed, counted in Stats.FutureRejected. The rest of the batch is still
+// applied, so one bad record does not hold back the others, and Apply
+// returns what changed together with a *FutureVersionsError (matching
+// ErrFutureVersion) that lists the skipped records. Any other error means
+// nothing was applied.
 func (s *Store) Apply(recs []Record) ([]Record, error) {
 	for i := range recs {
 		if err := recs[i].Validate(); err != nil {
@@ -276,9 +322,14 @@ func (s *Store) Apply(recs []Record) ([]Record, error) {
 	if s.closed {
 		return nil, fmt.Errorf("apply %d records: %w", len(recs), ErrClosed)
 	}
-	cutoff := int64(-1 << 63)
+	now := s.opts.Clock()
+	cutoff := int64(math.MinInt64)
 	if s.opts.TombstoneExpiry > 0 {
-		cutoff = s.opts.Clock().Add(-s.opts.TombstoneExpiry).UnixNano()
+		cutoff = now.Add(-s.opts.TombstoneExpiry).UnixNano()
+	}
+	horizon := int64(math.MaxInt64)
+	if s.opts.MaxClockDrift > 0 {
+		horizon = addClamped(now.UnixNano(), int64(s.opts.MaxClockDrift))
 	}
 	type pending struct {
 		rec    Record
@@ -288,9 +339,9 @@ func (s *Store) Apply(recs []Record) ([]Record, error) {
 		order   []Key
 		batch   = make(map[Key]*pending)
 		changed []Record
+		future  []Record
 	)
 	for _, r := range recs {
-		s.hlc.Observe(r.Version)
 		k := r.Key()
 		var cur Record
 		var have bool
@@ -300,8 +351,15 @@ func (s *Store) Apply(recs []Record) ([]Record, error) {
 			cur, have = e.rec, true
 		}
 		if have && compareRecords(r, cur) <= 0 {
+			continue // the clock has already observed cur, so r too
+		}
+		if r.Version.WallNanos > horizon {
+			// Checked before Observe: observing it is what would drag the
+			// clock, and every later local write, into the future.
+			future = append(future, r)
 			continue
 		}
+		s.hlc.Observe(r.Version)
 		expired := r.Deleted && r.Version.WallNanos < cutoff
 		if expired && (!have || cur.Deleted) {
 			continue // nothing live to remove
@@ -313,8 +371,14 @@ func (s *Store) Apply(recs []Record) ([]Record, error) {
 		batch[k] = &pending{rec: r, remove: expired}
 		changed = append(changed, r)
 	}
+	var skipped error
+	if len(future) > 0 {
+		s.futureRejected += uint64(len(future))
+		skipped = fmt.Errorf("apply %d records: %w", len(recs),
+			&FutureVersionsError{Records: future, Now: now, MaxDrift: s.opts.MaxClockDrift})
+	}
 	if len(order) == 0 {
-		return nil, nil
+		return nil, skipped
 	}
 	var puts []Record
 	var dels []Key
@@ -341,8 +405,38 @@ func (s *Store) Apply(recs []Record) ([]Record, error) {
 			out = append(out, r)
 		}
 	}
-	return out, nil
+	return out, skipped
 }
+
+// FutureVersionsError lists the records Apply skipped because their
+// versions were more than Options.MaxClockDrift ahead of the store's clock.
+// It matches ErrFutureVersion. Apply still applied the rest of the batch.
+type FutureVersionsError struct {
+	// Records are the skipped records, in input order. They share their
+	// bodies with the slice passed to Apply.
+	Records []Record
+	// Now is the clock reading the versions were compared with.
+	Now time.Time
+	// MaxDrift is the bound they exceeded.
+	MaxDrift time.Duration
+}
+
+func (e *FutureVersionsError) Error() string {
+	if len(e.Records) == 0 {
+		return ErrFutureVersion.Error()
+	}
+	first := e.Records[0]
+	ahead := time.Duration(subClamped(first.Version.WallNanos, e.Now.UnixNano()))
+	msg := fmt.Sprintf("skipped %d records more than %v ahead of the clock: %s at %s (%v ahead)",
+		len(e.Records), e.MaxDrift, first.Key(), first.Version, ahead)
+	if len(e.Records) > 1 {
+		msg += fmt.Sprintf(" and %d more", len(e.Records)-1)
+	}
+	return msg
+}
+
+// Unwrap makes errors.Is(err, ErrFutureVersion) hold.
+func (e *FutureVersionsError) Unwrap() error { return ErrFutureVersion }
 
 // GC drops tombstones whose version is older than now minus expiry, and
 // returns how many it dropped. Choose expiry longer than any node stays
@@ -389,6 +483,15 @@ func (s *Store) Get(kind, id string) (Record, bool) {
 	return e.rec, true
 }
 
+// Deleted reports whether (kind, id) is known to have been deleted: a
+// tombstone not yet collected.
+func (s *Store) Deleted(kind, id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.lookup(kind, id)
+	return ok && e.rec.Deleted
+}
+
 // List returns the live records of a kind, sorted by id.
 func (s *Store) List(kind string) []Record {
 	s.mu.Lock()
@@ -404,7 +507,8 @@ func (s *Store) List(kind string) []Record {
 	return out
 }
 
-// Stats counts the store's live records and tombstones.
+// Stats counts the store's live records and tombstones, and the records
+// Apply skipped for being too far ahead of the clock.
 func (s *Store) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -412,7 +516,7 @@ func (s *Store) Stats() Stats {
 	for _, ids := range s.byKind {
 		total += len(ids)
 	}
-	return Stats{Live: total - s.tombstones, Tombstones: s.tombstones}
+	return Stats{Live: total - s.tombstones, Tombstones: s.tombstones, FutureRejected: s.futureRejected}
 }
 
 // Digest returns the store's digest. Only buckets changed since the last
@@ -532,4 +636,29 @@ func diskKey(kind, id string) []byte {
 	b = binary.AppendUvarint(b, uint64(len(kind)))
 	b = append(b, kind...)
 	return append(b, id...)
+}
+
+// addClamped returns a+b, clamped to the int64 range instead of wrapping, so
+// a huge MaxClockDrift cannot turn the horizon into a time in the past.
+func addClamped(a, b int64) int64 {
+	sum := a + b
+	switch {
+	case b > 0 && sum < a:
+		return math.MaxInt64
+	case b < 0 && sum > a:
+		return math.MinInt64
+	}
+	return sum
+}
+
+// subClamped returns a-b, clamped to the int64 range instead of wrapping.
+func subClamped(a, b int64) int64 {
+	diff := a - b
+	switch {
+	case b < 0 && diff < a:
+		return math.MaxInt64
+	case b > 0 && diff > a:
+		return math.MinInt64
+	}
+	return diff
 }

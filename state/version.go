@@ -51,9 +51,12 @@ func (v Version) String() string {
 // stepped back, many writes in one tick, or a peer's clock running ahead).
 // It is safe for concurrent use.
 //
-// A stamp from a peer whose clock runs far ahead pulls this clock ahead with
-// it; that keeps causality (a write made after seeing a record wins over it)
-// at the cost of wall times that run fast until real time catches up.
+// A stamp from a peer whose clock runs ahead pulls this clock ahead with it;
+// that keeps causality (a write made after seeing a record wins over it) at
+// the cost of wall times that run fast until real time catches up. The clock
+// trusts whatever it observes; a Store therefore observes only versions
+// within Options.MaxClockDrift of its physical clock, so that a peer a year
+// ahead cannot drag every node a year ahead with it.
 type HLC struct {
 	mu    sync.Mutex
 	clock func() time.Time
@@ -71,7 +74,11 @@ func NewHLC(node string, clock func() time.Time) *HLC {
 }
 
 // Now returns a new version, strictly newer than every version this clock
-// has returned or observed.
+// has returned or observed. The one exception is the end of the range
+// (wall time math.MaxInt64, counter math.MaxUint32), where Now keeps
+// returning that version instead of wrapping around to the oldest one. Only
+// a version observed unchecked (drift bound disabled, or already in the state
+// file) can bring the clock there.
 func (h *HLC) Now() Version {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -79,19 +86,23 @@ func (h *HLC) Now() Version {
 	switch {
 	case pt > h.last.WallNanos:
 		h.last.WallNanos, h.last.Logical = pt, 0
-	case h.last.Logical == math.MaxUint32:
+	case h.last.Logical < math.MaxUint32:
+		h.last.Logical++
+	case h.last.WallNanos < math.MaxInt64:
 		// The counter is spent for this wall time: borrow the next
 		// nanosecond rather than wrap and go backwards.
 		h.last.WallNanos, h.last.Logical = h.last.WallNanos+1, 0
 	default:
-		h.last.Logical++
+		// Nothing is newer: saturate rather than wrap to the oldest time.
 	}
 	h.last.Node = h.node
 	return h.last
 }
 
 // Observe moves the clock past remote, so the next stamp from Now is newer
-// than remote whatever the local physical clock says.
+// than remote whatever the local physical clock says. It takes remote as it
+// is: callers that get versions from peers bound them first (see
+// Store.Apply).
 func (h *HLC) Observe(remote Version) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
