@@ -23,6 +23,9 @@ const (
 	labelPrefix = "l."
 	HealthOK    = "ok"
 	HealthDrain = "draining"
+	// HealthDegraded says the node's container runtime is unreachable:
+	// its replicas keep their last known state until it answers again.
+	HealthDegraded = "degraded"
 )
 
 // Capacity is what a node offers to placement.

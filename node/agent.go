@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/shoalmesh/shoal/gossip"
@@ -30,6 +31,9 @@ type Agent struct {
 	ln      net.Listener
 	server  *http.Server
 
+	// records is the typed face of store (decoders, write and publish).
+	records records
+
 	// jobsMu serialises API writes of jobs (compare-and-set).
 	jobsMu sync.Mutex
 	// jobsChanged is signalled (coalesced) when jobs change locally or
@@ -44,8 +48,8 @@ type Agent struct {
 	// also the image store.
 	tasks      *runtime.Router
 	containerd *runtime.Containerd
-	runner     TaskRunner
 	reconciler *reconciler
+	scaler     *autoscaler
 	events     *eventLog
 	// net is the overlay; nil when it is disabled.
 	net *overlayNet
@@ -54,6 +58,9 @@ type Agent struct {
 	// joined is closed once the first join attempt ended.
 	joined     chan struct{}
 	joinedOnce sync.Once
+	// synced is set once the store has caught up with a peer, or there
+	// is no peer to catch up with (no --join).
+	synced atomic.Bool
 }
 
 // New validates cfg, starts the p2p host, membership and the API listener.
@@ -128,6 +135,7 @@ func New(cfg Config, log *slog.Logger) (_ *Agent, err error) {
 	}
 	undo = append(undo, func() { a.cluster.Shutdown() })
 	a.sync = gossip.NewStateSync(cfg.Sync, a.host, a.cluster, a.store, a.onPeerRecords, log.With("component", "state-sync"))
+	a.records = records{store: a.store, pub: a.sync}
 	execDriver, err := runtime.NewExec(runtime.ExecConfig{
 		StateDir:  filepath.Join(cfg.Gossip.DataDir, "tasks"),
 		Namespace: cfg.ContainerdNamespace,
@@ -154,9 +162,26 @@ func New(cfg Config, log *slog.Logger) (_ *Agent, err error) {
 	undo = append(undo, func() { a.containerd.Close() })
 	a.tasks = runtime.NewRouter(map[string]runtime.Driver{runtime.DriverExec: execDriver, runtime.DriverContainerd: a.containerd})
 	a.host.Handle(protocolLogs, a.serveLogs)
-	a.runner = a.tasks
-	a.reconciler = newReconciler(a, a.runner, cfg.Reconcile)
 	a.metrics = newMetrics(a.cluster, a.sync, a.store)
+	deps := reconcileDeps{
+		self: cfg.Gossip.NodeName, cluster: a.cluster, records: a.records, runner: a.tasks,
+		files: &taskFiles{
+			runDir: filepath.Join(runtime.RunDir, cfg.ContainerdNamespace), dataDir: cfg.Gossip.DataDir,
+			open: a.openStoredData, log: log.With("component", "reconcile"),
+		},
+		events: a.events, metrics: a.metrics, log: log.With("component", "reconcile"),
+		ready: a.waitJoined, synced: a.synced.Load,
+		jobsChanged: a.jobsChanged, endpointsChanged: a.endpointsChanged, healthChanged: a.healthChanged,
+		servicesChanged: a.servicesChanged, pullTimeout: cfg.PullTimeout,
+	}
+	if a.net != nil {
+		deps.net = a.net
+	}
+	a.reconciler = newReconciler(deps, cfg.Reconcile)
+	a.scaler = &autoscaler{
+		self: cfg.Gossip.NodeName, cluster: a.cluster, records: a.records, events: a.events, log: log.With("component", "autoscaler"),
+		ready: a.isSynced, fresh: 4 * cfg.LoadInterval, seen: sightings{},
+	}
 	if cfg.LB != LBOff {
 		if a.lb, err = newServiceLB(a, a.net, log.With("component", "lb")); err != nil {
 			return nil, fmt.Errorf("start load balancer: %w", err)
@@ -191,26 +216,20 @@ func (a *Agent) Run(ctx context.Context) error {
 	// Loops outlive ctx so a drain can still place, start and stop.
 	loopCtx, stopLoops := context.WithCancel(context.Background())
 	defer stopLoops()
-	loops := 5
-	if a.net != nil {
-		loops++
-	}
-	loopsDone := make(chan struct{}, loops)
+	var loops loopGroup
 	if a.lb != nil {
-		loops++
-		go func() { a.lb.run(loopCtx); loopsDone <- struct{}{} }()
+		loops.run(loopCtx, a.lb.run)
 	}
 	if a.net != nil {
-		go func() {
-			a.net.run(loopCtx, a.cluster, a.waitJoined, a.reconciler.networkMoved)
-			loopsDone <- struct{}{}
-		}()
+		loops.run(loopCtx, func(ctx context.Context) {
+			a.net.run(ctx, a.cluster, a.waitJoined, a.reconciler.networkMoved)
+		})
 	}
-	go func() { a.joinLoop(loopCtx); loopsDone <- struct{}{} }()
-	go func() { a.loadLoop(loopCtx); loopsDone <- struct{}{} }()
-	go func() { a.sync.Run(loopCtx); loopsDone <- struct{}{} }()
-	go func() { a.gcLoop(loopCtx.Done()); loopsDone <- struct{}{} }()
-	go func() { a.reconciler.run(loopCtx); loopsDone <- struct{}{} }()
+	loops.run(loopCtx, a.joinLoop)
+	loops.run(loopCtx, a.loadLoop)
+	loops.run(loopCtx, a.sync.Run)
+	loops.run(loopCtx, a.gcLoop)
+	loops.run(loopCtx, a.reconciler.run)
 
 	var runErr error
 	select {
@@ -236,9 +255,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	flushCancel()
 	stopLoops()
-	for range loops {
-		<-loopsDone
-	}
+	loops.wait()
 	// Retired for good: stop every replica now that no loop can start
 	// them again.
 	if a.cfg.Cleanup {
@@ -290,11 +307,14 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 // joinLoop joins the configured seeds, retrying with exponential backoff
-// until one answers or ctx ends.
+// until one answers or ctx ends, then catches the store up with a peer.
 func (a *Agent) joinLoop(ctx context.Context) {
 	// However the first attempt ends, the node stops waiting for it.
 	defer a.markJoined()
 	if len(a.cfg.Join) == 0 {
+		// The first node of a cluster, or one restarted alone: its own
+		// store is all there is.
+		a.synced.Store(true)
 		return
 	}
 	backoff := 500 * time.Millisecond
@@ -304,12 +324,7 @@ func (a *Agent) joinLoop(ctx context.Context) {
 		cancel()
 		if err == nil {
 			a.log.Info("joined cluster", "seeds", a.cfg.Join, "answered", n, "attempt", attempt)
-			// Catch up at once instead of waiting for the next round.
-			sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			if err := a.sync.SyncNow(sctx); err != nil {
-				a.log.Debug("initial anti-entropy", "err", err)
-			}
-			cancel()
+			a.catchUp(ctx)
 			return
 		}
 		a.markJoined() // alone for now: act on that rather than wait
@@ -320,6 +335,57 @@ func (a *Agent) joinLoop(ctx context.Context) {
 		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, a.cfg.JoinMaxBackoff)
+	}
+}
+
+// catchUp runs anti-entropy with a peer until one exchange succeeds, and
+// only then lets the node act on its store as a whole: a node that joined
+// with an empty or old store would otherwise stop replicas of jobs it has
+// not heard of yet. The loops start after the first attempt either way;
+// until the store is synced they start replicas but stop none.
+func (a *Agent) catchUp(ctx context.Context) {
+	backoff := 200 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		if !a.hasPeers() {
+			a.synced.Store(true)
+			return
+		}
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := a.sync.SyncNow(sctx)
+		cancel()
+		if err == nil {
+			a.synced.Store(true)
+			a.notifyJobs()
+			return
+		}
+		a.markJoined()
+		a.log.Warn("initial state sync failed; retrying", "attempt", attempt, "retry_in", backoff, "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+// hasPeers reports whether any other member is alive.
+func (a *Agent) hasPeers() bool {
+	for _, m := range a.cluster.Members() {
+		if m.Name != a.cfg.Gossip.NodeName && m.Status == gossip.StatusAlive {
+			return true
+		}
+	}
+	return false
+}
+
+// isSynced reports whether the node has joined and its store caught up.
+func (a *Agent) isSynced() bool {
+	select {
+	case <-a.joined:
+		return a.synced.Load()
+	default:
+		return false
 	}
 }
 
@@ -370,9 +436,9 @@ func (a *Agent) loadLoop(ctx context.Context) {
 		}
 		repCPU, repMem, perTask := replicas.sample(ctx, a.tasks)
 		a.rotateLogs(ctx)
-		scaled := a.autoscaledJobs()
-		a.publishUsage(scaled, perTask)
-		a.autoscale(scaled)
+		scaled := a.scaler.autoscaledJobs()
+		a.scaler.publishUsage(scaled, perTask)
+		a.scaler.autoscale(scaled)
 		if err := a.cluster.UpdateMeta(func(m *gossip.Meta) {
 			m.Load.CPUPercent = pct
 			m.Load.MemoryUsedMB = used
@@ -395,7 +461,7 @@ func (a *Agent) servicesChanged() {
 func (a *Agent) onPeerRecords(recs []state.Record) {
 	for _, r := range recs {
 		switch r.Kind {
-		case kindJob:
+		case kindJob, kindScale, kindRolloutMark:
 			a.notifyJobs()
 		case kindEndpoint:
 			select {

@@ -218,7 +218,7 @@ func TestRecordsOfGoneNodesAreForgotten(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	// The forgetting is done by one node per gone node: find it.
-	if scalerOf("gone/ghost", a.cluster.Members()) != "a" {
+	if ownerOf("gone/ghost", aliveNames(a.cluster.Members())) != "a" {
 		a = b
 	}
 	ghost, _ := json.Marshal(Endpoint{Job: "web", Replica: 0, Node: "ghost", State: StateRunning})

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"strconv"
@@ -85,6 +86,13 @@ func (p *prober) result(id string) healthResult {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.results[id]
+}
+
+// verdicts returns every known verdict, by task id.
+func (p *prober) verdicts() map[string]healthResult {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return maps.Clone(p.results)
 }
 
 func (p *prober) loop(ctx context.Context, id, nsPath string, hc api.HealthCheck) {

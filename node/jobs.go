@@ -1,13 +1,14 @@
 package node
 
 import (
-	"encoding/json"
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
+	"slices"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/shoalmesh/shoal/api"
@@ -16,38 +17,16 @@ import (
 	"github.com/shoalmesh/shoal/state"
 )
 
-// Record kinds in the replicated store.
-const kindJob = "job"
-
 // maxJobBody bounds a job spec upload.
 const maxJobBody = 1 << 20
 
-// formatVersion renders a record version for the API. Clients treat it as
-// opaque and echo it back for compare-and-set.
-func formatVersion(v state.Version) string {
-	return fmt.Sprintf("%d-%d-%s", v.WallNanos, v.Logical, v.Node)
-}
-
-// jobFromRecord decodes a stored job.
-func jobFromRecord(r state.Record) (api.Job, error) {
-	var j api.Job
-	if err := json.Unmarshal(r.Body, &j); err != nil {
-		return j, fmt.Errorf("decode stored job %s: %w", r.ID, err)
-	}
-	j.Version = formatVersion(r.Version)
-	return j, nil
-}
-
-func (a *Agent) jobStatus(r state.Record, allocs map[string][]api.Allocation) (api.JobStatus, error) {
-	j, err := jobFromRecord(r)
-	if err != nil {
-		return api.JobStatus{}, err
-	}
+// jobStatus is a job as it runs, with its replicas.
+func (a *Agent) jobStatus(j api.Job, allocs map[string][]api.Allocation) api.JobStatus {
 	al := allocs[j.ID]
 	if al == nil {
 		al = []api.Allocation{}
 	}
-	return api.JobStatus{Job: j, SpecHash: specHash(j), Allocations: al}, nil
+	return api.JobStatus{Job: j, SpecHash: specHash(j), Allocations: al}
 }
 
 // allocations are the job's replicas as their nodes report them, plus the
@@ -65,12 +44,8 @@ func (a *Agent) allocationsByJob(only string) map[string][]api.Allocation {
 		alive[m.Name] = m.Status == gossip.StatusAlive
 	}
 	byJob := map[string][]api.Allocation{}
-	for _, rec := range a.store.List(kindEndpoint) {
-		if only != "" && !strings.HasPrefix(rec.ID, only+".") {
-			continue
-		}
-		var ep Endpoint
-		if json.Unmarshal(rec.Body, &ep) != nil || (only != "" && ep.Job != only) {
+	for _, ep := range a.records.endpoints() {
+		if only != "" && ep.Job != only {
 			continue
 		}
 		al := api.Allocation{Replica: ep.Replica, Node: ep.Node, State: ep.State, IP: ep.IP, Healthy: ep.Healthy,
@@ -142,76 +117,81 @@ func (a *Agent) handlePutJob(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
-	expected := job.Version
-	job.Version = ""
-
-	// Compare-and-set and the write happen under one lock so that two API
-	// calls on this node cannot both pass the same version check.
-	a.jobsMu.Lock()
-	cur, exists := a.store.Get(kindJob, job.ID)
-	carryRollout(&job, cur, exists)
-	if keepReplicas && exists {
-		var old api.Job
-		if json.Unmarshal(cur.Body, &old) == nil && old.Replicas != nil {
-			n := min(max(*old.Replicas, job.Scaling.Min), job.Scaling.Max)
-			job.Replicas = &n
-		}
-	}
-	if code, err := a.assignService(&job, cur, exists); err != nil {
-		a.jobsMu.Unlock()
+	existed, code, err := a.storeJob(&job, keepReplicas)
+	if err != nil {
 		writeError(w, code, "%v", err)
 		return
 	}
-	stored, err := json.Marshal(job)
-	if err != nil {
-		a.jobsMu.Unlock()
-		writeError(w, http.StatusInternalServerError, "encode job: %v", err)
-		return
-	}
-	if expected != "" {
-		if !exists {
-			a.jobsMu.Unlock()
-			writeError(w, http.StatusConflict, "version: job %q does not exist, so version %q cannot match", job.ID, expected)
-			return
-		}
-		if have := formatVersion(cur.Version); have != expected {
-			a.jobsMu.Unlock()
-			writeError(w, http.StatusConflict, "version: job %q is at version %q, not %q", job.ID, have, expected)
-			return
-		}
-	}
-	rec, err := a.store.Write(kindJob, job.ID, stored, false)
-	a.jobsMu.Unlock()
-	if err != nil {
-		writeError(w, http.StatusInternalServerError, "store job: %v", err)
-		return
-	}
-	// Durable here; now tell the peers.
-	a.sync.Publish([]state.Record{rec})
 	a.notifyJobs()
-	st, err := a.jobStatus(rec, a.allocationsByJob(rec.ID))
-	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
-		return
-	}
-	code := http.StatusOK
-	if !exists {
+	stored, _ := a.records.job(job.ID)
+	code = http.StatusOK
+	if !existed {
 		code = http.StatusCreated
 	}
-	writeJSON(w, code, st)
+	writeJSON(w, code, a.jobStatus(stored, a.allocationsByJob(job.ID)))
+}
+
+// storeJob writes a user's job: compare-and-set on job.Version when it is
+// set, the server-kept fields carried from the stored job, the service's
+// address assigned. The check and the write happen under one lock so that
+// two API calls on this node cannot both pass the same version check. It
+// returns whether the job existed and, on an error, the HTTP status.
+func (a *Agent) storeJob(job *api.Job, keepReplicas bool) (existed bool, code int, err error) {
+	a.jobsMu.Lock()
+	defer a.jobsMu.Unlock()
+	expected := job.Version
+	job.Version = ""
+	cur, exists := a.store.Get(kindJob, job.ID)
+	if expected != "" {
+		if !exists {
+			return false, http.StatusConflict, fmt.Errorf("version: job %q does not exist, so version %q cannot match", job.ID, expected)
+		}
+		if have := formatVersion(cur.Version); have != expected {
+			return true, http.StatusConflict, fmt.Errorf("version: job %q is at version %q, not %q", job.ID, have, expected)
+		}
+	}
+	var old *api.Job
+	if exists {
+		if running, ok := a.records.job(job.ID); ok {
+			old = &running
+		}
+	}
+	carryRollout(job, old)
+	if keepReplicas && old != nil && old.Replicas != nil {
+		n := min(max(*old.Replicas, job.Scaling.Min), job.Scaling.Max)
+		job.Replicas = &n
+	}
+	if code, err := a.assignService(job, cur, exists); err != nil {
+		return exists, code, err
+	}
+	if _, err := a.records.write(change{kindJob, job.ID, job}); err != nil {
+		return exists, http.StatusInternalServerError, fmt.Errorf("store job: %w", err)
+	}
+	return exists, 0, nil
+}
+
+// carryRollout sets the server-kept state of a job being stored from the
+// job as it runs now (old, nil for a new job): a changed task remembers
+// the one it replaces; an unchanged one keeps what the job had.
+func carryRollout(job *api.Job, old *api.Job) {
+	job.Rollout, job.Autoscaled = nil, nil
+	if old == nil {
+		return
+	}
+	if specHash(*old) == specHash(*job) {
+		job.Rollout = old.Clone().Rollout
+		return
+	}
+	prev := old.Clone().Task
+	job.Rollout = &api.Rollout{PreviousTask: &prev, Since: time.Now().UTC()}
 }
 
 func (a *Agent) handleListJobs(w http.ResponseWriter, _ *http.Request) {
-	recs := a.store.List(kindJob)
+	jobs := a.records.jobs()
 	allocs := a.allocationsByJob("")
-	out := make([]api.JobStatus, 0, len(recs))
-	for _, rec := range recs {
-		st, err := a.jobStatus(rec, allocs)
-		if err != nil {
-			a.log.Warn("skip undecodable job", "err", err)
-			continue
-		}
-		out = append(out, st)
+	out := make([]api.JobStatus, 0, len(jobs))
+	for _, id := range slices.Sorted(maps.Keys(jobs)) {
+		out = append(out, a.jobStatus(jobs[id], allocs))
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -232,17 +212,12 @@ func (a *Agent) handleGetJob(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	rec, found := a.store.Get(kindJob, id)
+	job, found := a.records.job(id)
 	if !found {
 		writeError(w, http.StatusNotFound, "job %q not found", id)
 		return
 	}
-	st, err := a.jobStatus(rec, a.allocationsByJob(rec.ID))
-	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
-		return
-	}
-	writeJSON(w, http.StatusOK, st)
+	writeJSON(w, http.StatusOK, a.jobStatus(job, a.allocationsByJob(id)))
 }
 
 func (a *Agent) handleDeleteJob(w http.ResponseWriter, r *http.Request) {
@@ -250,22 +225,36 @@ func (a *Agent) handleDeleteJob(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	a.jobsMu.Lock()
-	_, found := a.store.Get(kindJob, id)
-	if !found {
-		a.jobsMu.Unlock()
+	rec, found, err := a.deleteJob(id)
+	switch {
+	case !found:
 		writeError(w, http.StatusNotFound, "job %q not found", id)
-		return
-	}
-	rec, err := a.store.Delete(kindJob, id)
-	a.jobsMu.Unlock()
-	if err != nil {
+	case err != nil:
 		writeError(w, http.StatusInternalServerError, "delete job: %v", err)
-		return
+	default:
+		a.notifyJobs()
+		writeJSON(w, http.StatusOK, api.DeleteResponse{ID: id, Deleted: true, Version: formatVersion(rec.Version)})
 	}
-	a.sync.Publish([]state.Record{rec})
-	a.notifyJobs()
-	writeJSON(w, http.StatusOK, api.DeleteResponse{ID: id, Deleted: true, Version: formatVersion(rec.Version)})
+}
+
+// deleteJob deletes a job with the automatic records that belong to it.
+func (a *Agent) deleteJob(id string) (state.Record, bool, error) {
+	a.jobsMu.Lock()
+	defer a.jobsMu.Unlock()
+	if _, found := a.store.Get(kindJob, id); !found {
+		return state.Record{}, false, nil
+	}
+	changes := []change{{kind: kindJob, id: id}}
+	for _, kind := range []string{kindScale, kindRolloutMark} {
+		if _, ok := a.store.Get(kind, id); ok {
+			changes = append(changes, change{kind: kind, id: id})
+		}
+	}
+	recs, err := a.records.write(changes...)
+	if err != nil {
+		return state.Record{}, true, err
+	}
+	return recs[0], true, nil
 }
 
 // notifyJobs wakes whatever waits for job changes (placement, later).
@@ -278,12 +267,12 @@ func (a *Agent) notifyJobs() {
 }
 
 // gcLoop collects expired tombstones.
-func (a *Agent) gcLoop(stop <-chan struct{}) {
+func (a *Agent) gcLoop(ctx context.Context) {
 	t := time.NewTicker(time.Minute)
 	defer t.Stop()
 	for {
 		select {
-		case <-stop:
+		case <-ctx.Done():
 			return
 		case now := <-t.C:
 			if n, err := a.store.GC(now, a.cfg.TombstoneTTL); err != nil {
@@ -300,19 +289,19 @@ func (a *Agent) gcLoop(stop <-chan struct{}) {
 // left the cluster or were reaped after failing: nobody else would, since
 // each node writes only its own. One node per gone node does it (the one
 // that ranks first for its name), so the deletions are not repeated by
-// everyone. A node that comes back writes its records again.
+// everyone. A node that comes back writes its records again. The same node
+// removes automatic records (scale, rollout) of jobs that no longer exist.
 func (a *Agent) forgetGoneNodes() {
-	select {
-	case <-a.joined:
-	default:
+	if !a.isSynced() {
 		return
 	}
+	self := a.cfg.Gossip.NodeName
 	members := a.cluster.Members()
 	present := map[string]bool{}
 	others := 0
 	for _, m := range members {
 		present[m.Name] = m.Status != gossip.StatusLeft
-		if m.Name != a.cfg.Gossip.NodeName && m.Status == gossip.StatusAlive {
+		if m.Name != self && m.Status == gossip.StatusAlive {
 			others++
 		}
 	}
@@ -320,53 +309,31 @@ func (a *Agent) forgetGoneNodes() {
 	if others == 0 {
 		return
 	}
-	var out []state.Record
+	names := aliveNames(members)
+	var changes []change
 	for _, kind := range []string{kindEndpoint, kindUsage} {
 		for _, rec := range a.store.List(kind) {
-			var owner struct {
-				Node string `json:"node"`
-			}
-			if json.Unmarshal(rec.Body, &owner) != nil || owner.Node == "" {
+			node := recordOwner(rec)
+			if node == "" || present[node] || ownerOf("gone/"+node, names) != self {
 				continue
 			}
-			node := owner.Node
-			if present[node] || scalerOf("gone/"+node, members) != a.cfg.Gossip.NodeName {
-				continue
-			}
-			if del, err := a.store.Delete(kind, rec.ID); err == nil {
-				out = append(out, del)
-			}
+			changes = append(changes, change{kind: kind, id: rec.ID})
 		}
 	}
-	if len(out) > 0 {
-		a.log.Info("forgot records of nodes that are gone", "records", len(out))
-		a.sync.Publish(out)
+	for _, kind := range []string{kindScale, kindRolloutMark} {
+		for _, rec := range a.store.List(kind) {
+			if _, live := a.store.Get(kindJob, rec.ID); live || ownerOf("gone/"+rec.ID, names) != self {
+				continue
+			}
+			changes = append(changes, change{kind: kind, id: rec.ID})
+		}
 	}
-}
-
-// updateJob changes a stored job in place for the agent itself (rollout,
-// autoscaler): under jobsMu, only if the job still has the task with hash
-// wantSpec, and only if change says so; then the write is pushed to peers
-// and placement is told. It reports whether it wrote.
-func (a *Agent) updateJob(id, wantSpec string, change func(*api.Job) bool) (bool, error) {
-	a.jobsMu.Lock()
-	cur, ok := a.store.Get(kindJob, id)
-	var stored api.Job
-	if !ok || json.Unmarshal(cur.Body, &stored) != nil || specHash(stored) != wantSpec || !change(&stored) {
-		a.jobsMu.Unlock()
-		return false, nil
+	if len(changes) == 0 {
+		return
 	}
-	stored.Version = ""
-	raw, err := json.Marshal(stored)
-	var rec state.Record
-	if err == nil {
-		rec, err = a.store.Write(kindJob, id, raw, false)
+	if _, err := a.records.write(changes...); err != nil {
+		a.log.Warn("forget records of gone nodes and jobs", "err", err)
+		return
 	}
-	a.jobsMu.Unlock()
-	if err != nil {
-		return false, fmt.Errorf("store job %s: %w", id, err)
-	}
-	a.sync.Publish([]state.Record{rec})
-	a.notifyJobs()
-	return true, nil
+	a.log.Info("forgot records of gone nodes and jobs", "records", len(changes))
 }

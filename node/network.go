@@ -215,6 +215,10 @@ func (n *overlayNet) repick(ctx context.Context, next overlay.Claim, cluster *go
 	return cluster.UpdateMeta(func(m *gossip.Meta) { m.Overlay = n.advert() })
 }
 
+// resolvConfPath is the resolv.conf containers mount: it names the
+// node's DNS server on the overlay gateway.
+func (n *overlayNet) resolvConfPath() string { return n.resolvConf }
+
 // attach connects a replica's network namespace and returns its address.
 func (n *overlayNet) attach(ctx context.Context, netnsPath, task string) (netip.Addr, error) {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)

@@ -7,12 +7,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
+	"maps"
 	"net/netip"
-	"os"
-	"path/filepath"
-	"sort"
+	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -22,11 +21,6 @@ import (
 	"github.com/shoalmesh/shoal/runtime"
 	"github.com/shoalmesh/shoal/state"
 )
-
-// kindEndpoint records are written only by the node that runs the replica:
-// id "<job>.<replica>.<node>", so an old and a new owner never write the
-// same record during a move.
-const kindEndpoint = "endpoint"
 
 // Replica states as endpoint records and the API report them.
 const (
@@ -56,72 +50,22 @@ type Endpoint struct {
 	Restarts int            `json:"restarts,omitempty"`
 	Message  string         `json:"message,omitempty"`
 	SpecHash string         `json:"spec_hash,omitempty"`
-	// Since is when the running task started (rolling updates count how
-	// long a new replica has been healthy from it).
+	// Since is when the running task started, on its node's clock.
 	Since time.Time `json:"since,omitzero"`
+	// Settled is set once the replica has run the current spec healthy
+	// for the job's min_healthy_time, measured by its node: rolling
+	// updates read it instead of comparing clocks across nodes.
+	Settled bool `json:"settled,omitempty"`
 }
 
-func endpointID(job string, replica int, node string) string {
-	return job + "." + strconv.Itoa(replica) + "." + node
-}
-
-func taskID(job string, replica int) string { return job + "-" + strconv.Itoa(replica) }
-
-// startCall is one replica start of a reconcile pass and its outcome.
-type startCall struct {
-	id   string
-	rep  placement.Replica
-	job  api.Job
-	spec runtime.TaskSpec
-	st   runtime.TaskStatus
-	err  error
-}
+// taskCallTimeout bounds one Start or Stop (a stop waits out the task's
+// grace period); each call gets its own, so replacing many replicas in one
+// pass does not starve the last ones.
+const taskCallTimeout = 30 * time.Second
 
 // parallelStarts bounds the starts in flight: each spawns a shim or a
 // process and may pull an image.
 const parallelStarts = 4
-
-// runStarts runs the starts, parallelStarts at a time, each with its own
-// deadline (a start may pull the image first), and fills in their results.
-func (r *reconciler) runStarts(ctx context.Context, calls []startCall) {
-	sem := make(chan struct{}, parallelStarts)
-	var wg sync.WaitGroup
-	for i := range calls {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func(c *startCall) {
-			defer func() { <-sem; wg.Done() }()
-			sctx, cancel := context.WithTimeout(ctx, taskCallTimeout+r.a.cfg.PullTimeout)
-			defer cancel()
-			c.st, c.err = r.runner.Start(sctx, c.spec)
-		}(&calls[i])
-	}
-	wg.Wait()
-}
-
-// unplacedOf is the set of a job's replicas that fit on no node.
-func unplacedOf(asg placement.Assignment, job string) map[int]bool {
-	out := map[int]bool{}
-	for _, u := range asg.Unplaced {
-		if u.Job == job {
-			out[u.Replica] = true
-		}
-	}
-	return out
-}
-
-// splitTaskID reverses taskID; replica is -1 for an id it did not make.
-func splitTaskID(id string) (job string, replica int) {
-	i := strings.LastIndexByte(id, '-')
-	if i < 0 {
-		return id, -1
-	}
-	n, err := strconv.Atoi(id[i+1:])
-	if err != nil {
-		return id, -1
-	}
-	return id[:i], n
-}
 
 // specHash identifies what a replica runs, so a changed spec replaces it.
 func specHash(j api.Job) string {
@@ -151,22 +95,78 @@ type ReconcileConfig struct {
 
 // DefaultReconcileConfig returns the defaults.
 func DefaultReconcileConfig() ReconcileConfig {
-	return ReconcileConfig{Debounce: 200 * time.Millisecond, JobDebounce: 20 * time.Millisecond, Resync: 2 * time.Second, HandoffTimeout: 30 * time.Second, LoadFactor: placement.DefaultLoadFactor}
+	return ReconcileConfig{
+		// A mass join settles in well under a second; 200 ms keeps one
+		// pass per burst without delaying a failover noticeably.
+		Debounce: 200 * time.Millisecond,
+		// Most of a single job's submit-to-running time: kept short.
+		JobDebounce: 20 * time.Millisecond,
+		// Repairs (a task killed by hand, a missed event) wait at most
+		// this long; each pass lists the runtime's tasks once.
+		Resync: 2 * time.Second,
+		// Long enough for an image pull and a health check on the new
+		// owner; a dead new owner costs at most this much overlap.
+		HandoffTimeout: 30 * time.Second,
+		LoadFactor:     placement.DefaultLoadFactor,
+	}
+}
+
+// membership is what the agent's loops need of gossip.
+type membership interface {
+	Members() []gossip.Member
+	Changes() <-chan struct{}
+	UpdateMeta(fn func(*gossip.Meta)) error
+}
+
+// replicaNetwork is the overlay as the reconcile loop uses it.
+type replicaNetwork interface {
+	state() (generation int, subnet netip.Prefix)
+	attach(ctx context.Context, netnsPath, task string) (netip.Addr, error)
+	detach(ctx context.Context, netnsPath, task string)
+	sweep(ctx context.Context, exists map[string]bool)
+	resolvConfPath() string
+}
+
+// reconcileDeps are the few things the reconcile loop uses, so a fake
+// cluster and a fake runtime can drive the real loop in-process.
+type reconcileDeps struct {
+	self    string
+	cluster membership
+	records records
+	runner  TaskRunner
+	// net is nil without an overlay.
+	net    replicaNetwork
+	files  *taskFiles
+	events *eventLog
+	// metrics may be nil.
+	metrics *metrics
+	log     *slog.Logger
+	// ready waits until the node may act on its view of the cluster (the
+	// first join attempt ended); synced reports whether its store has
+	// caught up with a peer.
+	ready  func(context.Context) bool
+	synced func() bool
+	// Wake-ups: job records changed, peers' endpoint records changed, a
+	// local replica's health flipped.
+	jobsChanged      <-chan struct{}
+	endpointsChanged <-chan struct{}
+	healthChanged    chan struct{}
+	// servicesChanged is told when this node's endpoints changed.
+	servicesChanged func()
+	// pullTimeout extends a start's deadline (it may pull its image).
+	pullTimeout time.Duration
 }
 
 // reconciler computes the cluster-wide assignment and drives this node's
-// share. Its run goroutine owns every field but snapshot.
+// share: gather, plan (planPass), execute, publish. Its run goroutine owns
+// every field but snapshot.
 type reconciler struct {
-	a      *Agent
-	runner TaskRunner
-	cfg    ReconcileConfig
+	deps reconcileDeps
+	cfg  ReconcileConfig
 
-	prev      placement.Assignment
-	moveSince map[string]time.Time // task id -> when it was assigned elsewhere
-	restarts  map[string]*restartState
-
+	prev   placement.Assignment
+	memory planMemory
 	health *prober
-
 	// attached is each local replica's overlay address, with the netns
 	// and subnet generation it was attached for.
 	attached map[string]attachment
@@ -174,6 +174,8 @@ type reconciler struct {
 	netMoved chan struct{}
 	// membersSeen fingerprints the membership the last change was about.
 	membersSeen uint64
+	// degraded is what the node last announced about its runtime.
+	degraded bool
 
 	mu       sync.Mutex // guards snapshot
 	snapshot placement.Assignment
@@ -185,28 +187,14 @@ type attachment struct {
 	ip         netip.Addr
 }
 
-type restartState struct {
-	attempts int
-	next     time.Time
-	exitCode int
-	// lastFinished identifies the exit already counted.
-	lastFinished time.Time
-	counted      bool
-}
-
-// stableAfter is how long a replica must stay up for its crash count and
-// backoff to reset.
-const stableAfter = 10 * time.Minute
-
-func newReconciler(a *Agent, runner TaskRunner, cfg ReconcileConfig) *reconciler {
-	return &reconciler{a: a, runner: runner, cfg: cfg, moveSince: map[string]time.Time{}, restarts: map[string]*restartState{},
-		attached: map[string]attachment{}, netMoved: make(chan struct{}, 1),
-		health: newProber(a.healthChanged, func(id string, healthy bool, msg string) {
+func newReconciler(deps reconcileDeps, cfg ReconcileConfig) *reconciler {
+	return &reconciler{deps: deps, cfg: cfg, memory: newPlanMemory(), attached: map[string]attachment{}, netMoved: make(chan struct{}, 1),
+		health: newProber(deps.healthChanged, func(id string, healthy bool, msg string) {
 			job, replica := splitTaskID(id)
 			if healthy {
-				a.events.add("healthy", job, replica, "health check passes")
+				deps.events.add("healthy", job, replica, "health check passes")
 			} else {
-				a.events.add("unhealthy", job, replica, msg)
+				deps.events.add("unhealthy", job, replica, msg)
 			}
 		})}
 }
@@ -226,7 +214,7 @@ func (r *reconciler) Unplaced(job string) []placement.Unplaced {
 }
 
 func (r *reconciler) run(ctx context.Context) {
-	if !r.a.waitJoined(ctx) {
+	if !r.deps.ready(ctx) {
 		return
 	}
 	resync := time.NewTicker(r.cfg.Resync)
@@ -245,23 +233,24 @@ func (r *reconciler) run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-r.a.cluster.Changes():
+		case <-r.deps.cluster.Changes():
 			// Load tags change every few seconds and do not move replicas.
-			if key := membershipKey(r.a.cluster.Members()); key != r.membersSeen {
+			if key := membershipKey(r.deps.cluster.Members()); key != r.membersSeen {
 				r.membersSeen = key
 				schedule(r.cfg.Debounce)
 			}
-		case <-r.a.jobsChanged:
+		case <-r.deps.jobsChanged:
 			schedule(r.cfg.JobDebounce)
-		case <-r.a.endpointsChanged:
-			// Only make-before-break waits on peers' endpoints.
-			if len(r.moveSince) > 0 {
+		case <-r.deps.endpointsChanged:
+			// Only make-before-break waits on peers' endpoints; rolling
+			// updates catch up on the next resync.
+			if len(r.memory.MoveSince) > 0 {
 				schedule(r.cfg.Debounce)
 			}
 		case <-r.netMoved:
 			// New addresses for every replica, published at once.
 			r.pass(ctx)
-		case <-r.a.healthChanged:
+		case <-r.deps.healthChanged:
 			// Publish health at once: load balancers act on it.
 			r.pass(ctx)
 		case <-debounce:
@@ -282,30 +271,22 @@ func (r *reconciler) networkMoved() {
 	}
 }
 
-// attach makes sure a running replica is on the overlay and returns its
-// address; attaching is repeated only for a new netns or a new subnet.
-func (r *reconciler) attach(t runtime.TaskStatus) (netip.Addr, error) {
-	if r.a.net == nil || t.NetNS == "" {
-		return netip.Addr{}, nil
+// pass is one reconcile round: gather, plan, execute, publish.
+func (r *reconciler) pass(ctx context.Context) {
+	in, ok := r.gather(ctx)
+	if !ok {
+		return
 	}
-	gen, _ := r.a.net.state()
-	if at, ok := r.attached[t.ID]; ok && at.netns == t.NetNS && at.generation == gen {
-		return at.ip, nil
-	}
-	ip, err := r.a.net.attach(context.Background(), t.NetNS, t.ID)
-	if err != nil {
-		delete(r.attached, t.ID)
-		return netip.Addr{}, fmt.Errorf("attach to the overlay: %w", err)
-	}
-	r.attached[t.ID] = attachment{netns: t.NetNS, generation: gen, ip: ip}
-	return ip, nil
+	out := planPass(in)
+	r.execute(ctx, in, &out)
 }
 
-// view is the alive, non-draining members as placement sees them.
-func (r *reconciler) view() ([]placement.Node, map[string]bool) {
+// view is the alive, non-draining members as placement sees them, and
+// the alive set.
+func view(members []gossip.Member) ([]placement.Node, map[string]bool) {
 	alive := map[string]bool{}
 	var nodes []placement.Node
-	for _, m := range r.a.cluster.Members() {
+	for _, m := range members {
 		if m.Status != gossip.StatusAlive {
 			continue
 		}
@@ -320,334 +301,269 @@ func (r *reconciler) view() ([]placement.Node, map[string]bool) {
 	return nodes, alive
 }
 
-func (r *reconciler) jobs() (map[string]api.Job, []placement.Job) {
-	byID := map[string]api.Job{}
-	var out []placement.Job
-	for _, rec := range r.a.store.List(kindJob) {
-		j, err := jobFromRecord(rec)
-		if err != nil {
-			continue
-		}
-		byID[j.ID] = j
-		pj := placement.Job{ID: j.ID, Replicas: 1, CPUMillis: j.Task.Resources.CPUMillis, MemoryMB: j.Task.Resources.MemoryMB}
-		if j.Replicas != nil {
-			pj.Replicas = *j.Replicas
-		}
+// placementJobs is what placement needs of the jobs, in id order.
+func placementJobs(jobs map[string]api.Job) []placement.Job {
+	out := make([]placement.Job, 0, len(jobs))
+	for _, id := range slices.Sorted(maps.Keys(jobs)) {
+		j := jobs[id]
+		pj := placement.Job{ID: j.ID, Replicas: replicasOf(j), CPUMillis: j.Task.Resources.CPUMillis, MemoryMB: j.Task.Resources.MemoryMB}
 		for _, c := range j.Constraints {
 			pj.Constraints = append(pj.Constraints, placement.Constraint{Label: c.Label, Op: c.Op, Value: c.Value})
 		}
 		out = append(out, pj)
 	}
-	return byID, out
-}
-
-// peerEndpoints returns every endpoint record by task id -> node -> endpoint.
-func (r *reconciler) peerEndpoints() map[string]map[string]Endpoint {
-	out := map[string]map[string]Endpoint{}
-	for _, rec := range r.a.store.List(kindEndpoint) {
-		var ep Endpoint
-		if json.Unmarshal(rec.Body, &ep) != nil {
-			continue
-		}
-		k := taskID(ep.Job, ep.Replica)
-		if out[k] == nil {
-			out[k] = map[string]Endpoint{}
-		}
-		out[k][ep.Node] = ep
-	}
 	return out
 }
 
-// pass is one reconcile round: place, then start, stop and publish.
-func (r *reconciler) pass(ctx context.Context) {
-	self := r.a.cfg.Gossip.NodeName
-	view, alive := r.view()
-	jobs, pjobs := r.jobs()
+// gather reads everything a pass decides on. It reports false when the
+// runtime gave an error that says nothing reliable about the tasks.
+func (r *reconciler) gather(ctx context.Context) (planInput, bool) {
+	d := r.deps
+	nodes, alive := view(d.cluster.Members())
+	jobs := d.records.jobs()
 
-	start := time.Now()
-	asg := placement.Assign(view, pjobs, placement.Options{LoadFactor: r.cfg.LoadFactor})
-	r.a.metrics.placementRuns.Inc()
-	r.a.metrics.placementSeconds.Observe(time.Since(start).Seconds())
-	r.a.metrics.placementMoved.Add(float64(placement.Movement(r.prev, asg)))
-	r.a.metrics.unplaced.Set(float64(len(asg.Unplaced)))
+	began := time.Now()
+	asg := placement.Assign(nodes, placementJobs(jobs), placement.Options{LoadFactor: r.cfg.LoadFactor})
+	if m := d.metrics; m != nil {
+		m.placementRuns.Inc()
+		m.placementSeconds.Observe(time.Since(began).Seconds())
+		m.placementMoved.Add(float64(placement.Movement(r.prev, asg)))
+		m.unplaced.Set(float64(len(asg.Unplaced)))
+	}
 	r.prev = asg
 	r.mu.Lock()
 	r.snapshot = asg
 	r.mu.Unlock()
 
-	desired := map[string]placement.Replica{}
-	for _, rep := range asg.ByNode()[self] {
-		desired[taskID(rep.Job, rep.Index)] = rep
-	}
-
-	tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	tctx, cancel := context.WithTimeout(ctx, taskCallTimeout)
 	defer cancel()
-	tasks, err := r.runner.List(tctx)
+	tasks, err := d.runner.List(tctx)
+	unavailable := map[string]bool{}
 	switch {
 	case err == nil:
 	case errors.Is(err, runtime.ErrUnavailable):
-		// containerd is down or not installed: go on with the other
-		// driver's tasks; containerd replicas fail to start with the
-		// reason in their allocation.
-		r.a.log.Debug("list tasks", "err", err)
+		// containerd is down, restarting or not installed: its tasks are
+		// unknown; the exec driver's are listed.
+		unavailable[runtime.DriverContainerd] = true
+		d.log.Debug("list tasks", "err", err)
 	default:
-		r.a.log.Warn("list tasks", "err", err)
-		return
+		d.log.Warn("list tasks", "err", err)
+		return planInput{}, false
 	}
-	actual := map[string]runtime.TaskStatus{}
+	actual := make(map[string]runtime.TaskStatus, len(tasks))
+	deleted := map[string]bool{}
 	for _, t := range tasks {
 		actual[t.ID] = t
+		if _, known := jobs[t.Job]; !known && d.records.store.Deleted(kindJob, t.Job) {
+			deleted[t.Job] = true
+		}
 	}
-	peers := r.peerEndpoints()
-	published := map[string]Endpoint{}
+	return planInput{
+		Self: d.self, Now: time.Now(), Synced: d.synced(), Assignment: asg, Jobs: jobs, Deleted: deleted, Tasks: actual, Unavailable: unavailable,
+		Endpoints: d.records.endpoints(), Alive: alive, Health: r.health.verdicts(), HandoffTimeout: r.cfg.HandoffTimeout, Memory: r.memory,
+	}, true
+}
 
-	// Stop what should not run here.
-	rollable := map[string]map[int]bool{}
-	for id, t := range actual {
-		job, ok := jobs[t.Job]
-		replicas := 0
-		if ok && job.Replicas != nil {
-			replicas = *job.Replicas
-		} else if ok {
-			replicas = 1
-		}
-		_, want := desired[id]
-		switch {
-		case want && t.SpecHash == specHash(job):
-			// Placed back here (or never moved): no handoff pending.
-			delete(r.moveSince, id)
-			continue
-		case want:
-			if t.State == runtime.StateRunning && job.Update != nil {
-				if _, ok := rollable[job.ID]; !ok {
-					rollable[job.ID], _ = r.rolloutState(job, alive, unplacedOf(asg, job.ID))
-				}
-				if !rollable[job.ID][t.Replica] {
-					published[id] = r.endpointFor(t, job, fmt.Sprintf("waiting its turn in a rolling update (%d at a time)", job.Update.MaxParallel))
-					continue
-				}
-			}
-			r.a.log.Info("replacing replica with changed spec", "task", id)
-			r.a.events.add("replacing", t.Job, t.Replica, "the job's spec changed")
-		case !ok || t.Replica >= replicas:
-			r.a.log.Info("stopping replica of removed or scaled-down job", "task", id)
-			r.a.events.add("stopping", t.Job, t.Replica, "the job was removed or scaled down")
-		default:
-			// Moved elsewhere: make before break.
-			owner := ""
-			if nodes := asg.Placements[t.Job]; t.Replica < len(nodes) {
-				owner = nodes[t.Replica]
-			}
-			if owner != "" && t.State == runtime.StateRunning {
-				since, seen := r.moveSince[id]
-				if !seen {
-					since = time.Now()
-					r.moveSince[id] = since
-				}
-				// The new copy must run the current spec and, when the job
-				// has a health check, pass it before the old one stops.
-				ep, has := peers[id][owner]
-				ready := has && alive[owner] && ep.State == StateRunning && ep.SpecHash == specHash(job) &&
-					(job.Health == nil || (ep.Healthy != nil && *ep.Healthy))
-				if !ready && time.Since(since) < r.cfg.HandoffTimeout {
-					published[id] = r.endpointFor(t, job, "moving to "+owner)
-					continue
-				}
-				r.a.log.Info("handing replica over", "task", id, "to", owner, "new_owner_running", ready)
-				if ready {
-					r.a.events.add("handed-over", t.Job, t.Replica, owner+" runs it now")
-				} else {
-					r.a.events.add("handed-over", t.Job, t.Replica, fmt.Sprintf("%s did not report it running within %s; stopping anyway", owner, r.cfg.HandoffTimeout))
-				}
-			}
-		}
-		delete(r.moveSince, id)
-		if err := r.stopTask(ctx, id); err != nil {
-			r.a.log.Warn("stop replica", "task", id, "err", err)
-			continue
-		}
-		delete(actual, id)
-		// A new spec or a new home starts with a clean restart history.
-		delete(r.restarts, id)
-	}
-	for id := range r.moveSince {
-		if _, still := actual[id]; !still {
-			delete(r.moveSince, id)
+// execute carries out a plan: stops, then starts (a few at a time), then
+// rollout marks, overlay addresses, health probes, the endpoint records,
+// and the sweep of what no task uses any more.
+func (r *reconciler) execute(ctx context.Context, in planInput, out *planOutput) {
+	d := r.deps
+	for _, s := range out.Stops {
+		d.log.Info("stopping replica", "task", s.ID, "reason", s.Reason)
+		if err := r.stopTask(ctx, s.ID); err != nil {
+			d.log.Warn("stop replica", "task", s.ID, "err", err)
 		}
 	}
-
-	// Start what should run here and is not running.
-	var starts []startCall
-	for id, rep := range desired {
-		job := jobs[rep.Job]
-		t, exists := actual[id]
-		if exists && t.State == runtime.StateRunning {
-			// A replica that has stayed up long enough forgets its crashes.
-			if rs := r.restarts[id]; rs != nil && !t.StartedAt.IsZero() && time.Since(t.StartedAt) > stableAfter {
-				delete(r.restarts, id)
-			}
-			published[id] = r.endpointFor(t, job, "")
-			continue
-		}
-		if exists { // exited
-			if ep, keep := r.exited(t, job); keep {
-				published[id] = ep
-				continue
-			}
-		}
-		rs := r.restarts[id]
-		if rs != nil && time.Now().Before(rs.next) {
-			published[id] = Endpoint{Job: rep.Job, Replica: rep.Index, Node: self, State: StatePending, Restarts: rs.attempts,
-				Message: fmt.Sprintf("restarting in %s after exit code %d (crash loop: %d restarts)", time.Until(rs.next).Round(100*time.Millisecond), rs.exitCode, rs.attempts)}
-			continue
-		}
-		if exists {
-			_ = r.stopTask(ctx, id) // clean the exited task before starting anew
-		}
-		spec, err := r.taskSpec(job, rep)
-		if err != nil {
-			published[id] = Endpoint{Job: rep.Job, Replica: rep.Index, Node: self, State: StateFailed, Message: err.Error()}
-			continue
-		}
-		starts = append(starts, startCall{id: id, rep: rep, job: job, spec: spec})
-	}
-	// The starts themselves run a few at a time (a slow image pull does
-	// not hold up the others); their results are handled here, in order.
-	r.runStarts(ctx, starts)
+	results := r.runStarts(ctx, out.Starts)
 	if ctx.Err() != nil {
 		return // shutting down: not the tasks' fault
 	}
-	for _, c := range starts {
-		id, rep, job := c.id, c.rep, c.job
-		if c.err != nil {
-			r.a.log.Warn("start replica", "task", id, "err", c.err)
-			r.a.events.add("start-failed", rep.Job, rep.Index, c.err.Error())
-			published[id] = Endpoint{Job: rep.Job, Replica: rep.Index, Node: self, State: StateFailed, Message: c.err.Error()}
-			r.noteExit(id, job, -1)
-			r.checkRollout(job, runtime.TaskStatus{ID: id, Job: rep.Job, Replica: rep.Index, State: runtime.StateExited, ExitCode: -1, SpecHash: c.spec.SpecHash})
-			continue
-		}
-		r.a.log.Info("started replica", "task", id, "pid", c.st.PID)
-		r.a.events.add("started", rep.Job, rep.Index, fmt.Sprintf("pid %d", c.st.PID))
-		published[id] = r.endpointFor(c.st, job, "")
+	settleStarts(in, out, results)
+	r.memory = out.Memory
+	for _, ev := range out.Events {
+		d.log.Info("replica "+ev.Kind, "job", ev.Job, "replica", ev.Replica, "detail", ev.Message)
+		d.events.add(ev.Kind, ev.Job, ev.Replica, ev.Message)
 	}
-	for id, t := range actual {
-		if _, want := desired[id]; want {
-			if job, ok := jobs[t.Job]; ok {
-				r.checkRollout(job, t)
+	r.writeRolloutMarks(out)
+	for _, id := range slices.Sorted(maps.Keys(out.Running)) {
+		t := out.Running[id]
+		ep := out.Publish[id]
+		ip, err := r.attach(ctx, t)
+		switch {
+		case err != nil:
+			d.log.Warn("attach replica", "task", id, "err", err)
+			if ep.Message == "" {
+				ep.Message = err.Error()
 			}
+		case ip.IsValid():
+			ep.IP = ip.String()
 		}
-	}
-	for _, job := range jobs {
-		r.finishRollout(job, alive, unplacedOf(asg, job.ID))
+		out.Publish[id] = ep
+		if job, ok := in.Jobs[t.Job]; ok && job.Health != nil {
+			r.health.ensure(t, job.Health)
+		}
 	}
 	keep := map[string]bool{}
-	for id, ep := range published {
-		if ep.State == StateRunning {
-			keep[id] = true
-		}
+	for id := range out.Running {
+		keep[id] = true
 	}
 	r.health.retain(keep)
-	r.publish(published)
-	inUse := map[string]bool{}
-	for id := range desired {
-		inUse[id] = true
+	r.publish(out.Publish)
+	r.announceDegraded(out.Degraded)
+	if !out.Sweep {
+		return // a driver that did not answer may still run replicas
 	}
-	for id := range actual {
-		inUse[id] = true
+	d.files.sweepEphemeral(out.InUse)
+	d.files.sweepData(out.InUse)
+	if d.net != nil {
+		d.net.sweep(ctx, out.InUse)
 	}
-	r.sweepEphemeral(inUse)
-	if err == nil { // a driver that did not answer may still run replicas
-		r.a.sweepData(inUse)
-	}
-	if r.a.net != nil && err == nil {
-		r.a.net.sweep(ctx, inUse)
-		for id := range r.attached {
-			if !inUse[id] {
-				delete(r.attached, id)
-			}
+	for id := range r.attached {
+		if !out.InUse[id] {
+			delete(r.attached, id)
 		}
 	}
 }
 
-// taskCallTimeout bounds one Start or Stop (a stop waits out the task's
-// grace period); each call gets its own, so replacing many replicas in one
-// pass does not starve the last ones.
-const taskCallTimeout = 30 * time.Second
+// runStarts describes and starts the tasks, parallelStarts at a time,
+// each with its own deadline (a start may pull the image first); results
+// come back in the order of the decisions.
+func (r *reconciler) runStarts(ctx context.Context, starts []startDecision) []startResult {
+	results := make([]startResult, len(starts))
+	sem := make(chan struct{}, parallelStarts)
+	var wg sync.WaitGroup
+	for i, s := range starts {
+		results[i].ID = s.ID
+		spec, err := r.taskSpec(s.Job, s.Rep)
+		if err != nil {
+			results[i].Err, results[i].SpecErr = err, true
+			continue
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(res *startResult) {
+			defer func() { <-sem; wg.Done() }()
+			sctx, cancel := context.WithTimeout(ctx, taskCallTimeout+r.deps.pullTimeout)
+			defer cancel()
+			res.Status, res.Err = r.deps.runner.Start(sctx, spec)
+		}(&results[i])
+	}
+	wg.Wait()
+	return results
+}
+
+// writeRolloutMarks stores the rollbacks and finished updates the plan
+// decided, each on the job version it judged.
+func (r *reconciler) writeRolloutMarks(out *planOutput) {
+	d := r.deps
+	now := time.Now().UTC()
+	for _, rb := range out.Rollbacks {
+		job := rb.Job
+		back := job.Clone()
+		back.Task = *job.Rollout.PreviousTask
+		back.Rollout = nil
+		if err := back.Validate(); err != nil {
+			msg := fmt.Sprintf("update failed (%s) but the previous task no longer fits the job: %v", rb.Reason, err)
+			d.log.Error("cannot roll back", "job", job.ID, "err", msg)
+			d.events.add("rollback-failed", job.ID, -1, msg)
+			continue
+		}
+		if r.marked(job) {
+			continue
+		}
+		mark := rolloutMark{Job: job.ID, Base: job.Version, Spec: specHash(job), At: now,
+			RolledBack: fmt.Sprintf("rolled back at %s: %s", now.Format(time.RFC3339), rb.Reason)}
+		if _, err := d.records.write(change{kindRolloutMark, job.ID, mark}); err != nil {
+			d.log.Error("store rollback", "job", job.ID, "err", err)
+			continue
+		}
+		d.log.Warn("update failed: rolling back", "job", job.ID, "reason", rb.Reason)
+		d.events.add("rolled-back", job.ID, -1, rb.Reason)
+	}
+	for _, job := range out.Finished {
+		if r.marked(job) {
+			continue
+		}
+		mark := rolloutMark{Job: job.ID, Base: job.Version, Spec: specHash(job), Done: true, At: now}
+		if _, err := d.records.write(change{kindRolloutMark, job.ID, mark}); err != nil {
+			d.log.Warn("store finished rollout", "job", job.ID, "err", err)
+			continue
+		}
+		d.events.add("updated", job.ID, -1, "every replica runs the new spec")
+	}
+	if len(out.Rollbacks)+len(out.Finished) > 0 && d.servicesChanged != nil {
+		d.servicesChanged()
+	}
+}
+
+// marked reports whether job's current version already has a rollout mark
+// (another node's, or this node's from an earlier pass).
+func (r *reconciler) marked(job api.Job) bool {
+	rec, ok := r.deps.records.store.Get(kindRolloutMark, job.ID)
+	if !ok {
+		return false
+	}
+	m, err := decodeRolloutMark(rec)
+	return err == nil && m.Base == job.Version
+}
 
 func (r *reconciler) stopTask(ctx context.Context, id string) error {
 	sctx, cancel := context.WithTimeout(ctx, taskCallTimeout)
 	defer cancel()
-	err := r.runner.Stop(sctx, id)
-	if err == nil && r.a.net != nil {
-		r.a.net.detach(ctx, "", id)
+	err := r.deps.runner.Stop(sctx, id)
+	if err == nil && r.deps.net != nil {
+		r.deps.net.detach(ctx, "", id)
 		delete(r.attached, id)
 	}
 	return err
 }
 
-// exited decides what an exited task means under the job's restart policy.
-// It reports keep=true when the task must stay down.
-func (r *reconciler) exited(t runtime.TaskStatus, job api.Job) (Endpoint, bool) {
-	policy := "always"
-	maxAttempts := 0
-	if job.Restart != nil {
-		policy, maxAttempts = job.Restart.Policy, job.Restart.MaxAttempts
+// attach makes sure a running replica is on the overlay and returns its
+// address; attaching is repeated only for a new netns or a new subnet.
+func (r *reconciler) attach(ctx context.Context, t runtime.TaskStatus) (netip.Addr, error) {
+	if r.deps.net == nil || t.NetNS == "" {
+		return netip.Addr{}, nil
 	}
-	ep := r.endpointFor(t, job, "")
-	code := t.ExitCode
-	ep.ExitCode = &code
-	if policy == "never" || policy == "on_failure" && code == 0 {
-		if code == 0 {
-			ep.State = StateCompleted
-		} else {
-			ep.State = StateFailed
-		}
-		return ep, true
+	gen, _ := r.deps.net.state()
+	if at, ok := r.attached[t.ID]; ok && at.netns == t.NetNS && at.generation == gen {
+		return at.ip, nil
 	}
-	// Count each exit once: the same exited task is seen on every pass
-	// until its backoff ends.
-	rs := r.restarts[t.ID]
-	if rs == nil || !rs.counted || !t.FinishedAt.Equal(rs.lastFinished) {
-		r.noteExit(t.ID, job, code)
-		rs = r.restarts[t.ID]
-		rs.counted, rs.lastFinished = true, t.FinishedAt
-		r.a.events.add("exited", t.Job, t.Replica, fmt.Sprintf("exit code %d; restart %d in %s", code, rs.attempts, time.Until(rs.next).Round(100*time.Millisecond)))
+	ip, err := r.deps.net.attach(ctx, t.NetNS, t.ID)
+	if err != nil {
+		delete(r.attached, t.ID)
+		return netip.Addr{}, fmt.Errorf("attach to the overlay: %w", err)
 	}
-	// attempts counts exits; the first run plus MaxAttempts restarts may
-	// each exit before the replica is given up.
-	if maxAttempts > 0 && rs.attempts > maxAttempts {
-		ep.State = StateFailed
-		ep.Restarts = rs.attempts - 1
-		ep.Message = fmt.Sprintf("gave up after %d restarts (last exit code %d)", rs.attempts-1, code)
-		return ep, true
-	}
-	return ep, false
+	r.attached[t.ID] = attachment{netns: t.NetNS, generation: gen, ip: ip}
+	return ip, nil
 }
 
-// noteExit schedules a restart with capped exponential backoff.
-func (r *reconciler) noteExit(id string, job api.Job, code int) {
-	backoff, maxBackoff := time.Second, time.Minute
-	if job.Restart != nil {
-		if job.Restart.Backoff > 0 {
-			backoff = time.Duration(job.Restart.Backoff)
+// announceDegraded puts the runtime's state in this node's gossip health
+// word, which `shoal nodes` shows; draining wins over it.
+func (r *reconciler) announceDegraded(degraded bool) {
+	if degraded == r.degraded {
+		return
+	}
+	err := r.deps.cluster.UpdateMeta(func(m *gossip.Meta) {
+		if m.Health == gossip.HealthDrain {
+			return
 		}
-		if job.Restart.MaxBackoff > 0 {
-			maxBackoff = time.Duration(job.Restart.MaxBackoff)
+		m.Health = gossip.HealthOK
+		if degraded {
+			m.Health = gossip.HealthDegraded
 		}
+	})
+	if err != nil {
+		r.deps.log.Warn("announce runtime health", "err", err)
+		return
 	}
-	rs := r.restarts[id]
-	if rs == nil {
-		rs = &restartState{}
-		r.restarts[id] = rs
+	r.degraded = degraded
+	if degraded {
+		r.deps.log.Warn("runtime unreachable: keeping the last known state of its replicas")
+		r.deps.events.add("runtime-degraded", "", -1, "containerd is unreachable; its replicas keep their last known state")
+	} else {
+		r.deps.events.add("runtime-ok", "", -1, "containerd answers again")
 	}
-	delay := backoff << min(rs.attempts, 20)
-	if delay > maxBackoff || delay <= 0 {
-		delay = maxBackoff
-	}
-	rs.attempts++
-	rs.exitCode = code
-	rs.next = time.Now().Add(delay)
 }
 
 func (r *reconciler) taskSpec(job api.Job, rep placement.Replica) (runtime.TaskSpec, error) {
@@ -657,7 +573,7 @@ func (r *reconciler) taskSpec(job api.Job, rep placement.Replica) (runtime.TaskS
 	}
 	env["SHOAL_JOB"] = job.ID
 	env["SHOAL_REPLICA"] = strconv.Itoa(rep.Index)
-	env["SHOAL_NODE"] = r.a.cfg.Gossip.NodeName
+	env["SHOAL_NODE"] = r.deps.self
 	id := taskID(job.ID, rep.Index)
 	spec := runtime.TaskSpec{
 		ID: id, Job: job.ID, Replica: rep.Index, Driver: job.Task.Driver,
@@ -669,12 +585,16 @@ func (r *reconciler) taskSpec(job api.Job, rep placement.Replica) (runtime.TaskS
 	if len(job.Task.Mounts) > 0 && job.Task.Driver != api.DriverContainerd {
 		return runtime.TaskSpec{}, fmt.Errorf("mounts need the containerd driver")
 	}
-	if r.a.net != nil && job.Task.Driver == api.DriverContainerd {
-		spec.Mounts = append(spec.Mounts, runtime.Mount{Source: r.a.net.resolvConf, Target: "/etc/resolv.conf", ReadOnly: true})
+	if r.deps.net != nil && job.Task.Driver == api.DriverContainerd {
+		spec.Mounts = append(spec.Mounts, runtime.Mount{Source: r.deps.net.resolvConfPath(), Target: "/etc/resolv.conf", ReadOnly: true})
 	}
-	for kind, mounts := range map[string][]api.DataMount{api.KindSecret: job.Task.Secrets, api.KindConfig: job.Task.Configs} {
+	for _, kind := range []string{api.KindSecret, api.KindConfig} {
+		mounts := job.Task.Secrets
+		if kind == api.KindConfig {
+			mounts = job.Task.Configs
+		}
 		for _, m := range mounts {
-			dir, err := r.a.materialize(id, kind, m)
+			dir, err := r.deps.files.materialize(id, kind, m)
 			if err != nil {
 				return runtime.TaskSpec{}, err
 			}
@@ -682,7 +602,7 @@ func (r *reconciler) taskSpec(job api.Job, rep placement.Replica) (runtime.TaskS
 		}
 	}
 	for _, m := range job.Task.Mounts {
-		dir, err := r.volumeDir(job, id, m.Volume)
+		dir, err := r.deps.files.volumeDir(job, id, m.Volume)
 		if err != nil {
 			return runtime.TaskSpec{}, err
 		}
@@ -691,152 +611,44 @@ func (r *reconciler) taskSpec(job api.Job, rep placement.Replica) (runtime.TaskS
 	return spec, nil
 }
 
-// volumeDir creates the host directory behind one of the job's volumes:
-// persistent volumes live per job under the data dir and survive the
-// replica; ephemeral ones live per task and go when it stops for good.
-func (r *reconciler) volumeDir(job api.Job, task, name string) (string, error) {
-	var dir string
-	for _, v := range job.Volumes {
-		if v.Name != name {
-			continue
-		}
-		if v.Type == api.VolumePersistent {
-			dir = filepath.Join(r.a.cfg.Gossip.DataDir, "volumes", "persistent", job.ID, name)
-		} else {
-			dir = filepath.Join(r.ephemeralRoot(), task, name)
-		}
-	}
-	if dir == "" {
-		return "", fmt.Errorf("mount of unknown volume %q", name)
-	}
-	// World-writable like /tmp: the image decides the user the task runs
-	// as, and the directory is reachable only through the task's mounts
-	// and the root-only data dir.
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", fmt.Errorf("create volume %s: %w", name, err)
-	}
-	if err := os.Chmod(dir, 0o1777); err != nil {
-		return "", fmt.Errorf("create volume %s: %w", name, err)
-	}
-	return dir, nil
-}
-
-func (r *reconciler) ephemeralRoot() string {
-	return filepath.Join(r.a.cfg.Gossip.DataDir, "volumes", "ephemeral")
-}
-
-// sweepEphemeral removes the ephemeral volumes of tasks that neither run
-// here nor are meant to.
-func (r *reconciler) sweepEphemeral(keep map[string]bool) {
-	entries, err := os.ReadDir(r.ephemeralRoot())
-	if err != nil {
-		return
-	}
-	for _, e := range entries {
-		if !keep[e.Name()] {
-			if err := os.RemoveAll(filepath.Join(r.ephemeralRoot(), e.Name())); err != nil {
-				r.a.log.Warn("remove ephemeral volumes", "task", e.Name(), "err", err)
-			}
-		}
-	}
-}
-
-func (r *reconciler) endpointFor(t runtime.TaskStatus, job api.Job, msg string) Endpoint {
-	ep := Endpoint{Job: t.Job, Replica: t.Replica, Node: r.a.cfg.Gossip.NodeName, Message: msg, SpecHash: t.SpecHash, Since: t.StartedAt}
-	switch t.State {
-	case runtime.StateRunning:
-		ep.State = StateRunning
-	default:
-		ep.State = StateFailed
-		code := t.ExitCode
-		ep.ExitCode = &code
-	}
-	if len(job.Task.Ports) > 0 {
-		ep.Ports = map[string]int{}
-		for _, p := range job.Task.Ports {
-			ep.Ports[p.Name] = p.Port
-		}
-	}
-	if rs := r.restarts[t.ID]; rs != nil {
-		ep.Restarts = rs.attempts
-	}
-	if t.State == runtime.StateRunning {
-		ip, err := r.attach(t)
-		switch {
-		case err != nil:
-			r.a.log.Warn("attach replica", "task", t.ID, "err", err)
-			if ep.Message == "" {
-				ep.Message = err.Error()
-			}
-		case ip.IsValid():
-			ep.IP = ip.String()
-		}
-	}
-	if t.State == runtime.StateRunning && job.Health != nil {
-		r.health.ensure(t, job.Health)
-		if h := r.health.result(t.ID); h.known {
-			healthy := h.healthy
-			ep.Healthy = &healthy
-			if !healthy && ep.Message == "" {
-				ep.Message = "unhealthy: " + h.message
-			}
-		}
-	}
-	return ep
-}
-
-// publish writes this node's endpoint records that changed and tombstones
+// publish writes this node's endpoint records that changed and withdraws
 // those of replicas it no longer has.
 func (r *reconciler) publish(eps map[string]Endpoint) {
-	self := r.a.cfg.Gossip.NodeName
+	d := r.deps
 	mine := map[string]state.Record{}
-	for _, rec := range r.a.store.List(kindEndpoint) {
-		if !strings.HasSuffix(rec.ID, "."+self) {
-			continue
-		}
+	for _, rec := range d.records.store.List(kindEndpoint) {
 		// Names may contain dots: the body says whose record it is.
-		var ep Endpoint
-		if json.Unmarshal(rec.Body, &ep) == nil && ep.Node == self {
+		if ep, err := decodeEndpoint(rec); err == nil && ep.Node == d.self {
 			mine[rec.ID] = rec
 		}
 	}
-	var out []state.Record
+	var changes []change
 	running := 0
-	ids := make([]string, 0, len(eps))
-	for id := range eps {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	for _, id := range ids {
+	for _, id := range slices.Sorted(maps.Keys(eps)) {
 		ep := eps[id]
 		if ep.State == StateRunning {
 			running++
 		}
-		rid := endpointID(ep.Job, ep.Replica, self)
-		body, _ := json.Marshal(ep)
-		if cur, ok := mine[rid]; ok && string(cur.Body) == string(body) {
-			delete(mine, rid)
-			continue
-		}
+		rid := endpointID(ep.Job, ep.Replica, d.self)
+		cur, had := mine[rid]
 		delete(mine, rid)
-		rec, err := r.a.store.Write(kindEndpoint, rid, body, false)
-		if err != nil {
-			r.a.log.Warn("publish endpoint", "id", rid, "err", err)
+		if body, err := json.Marshal(ep); err == nil && had && string(cur.Body) == string(body) {
 			continue
 		}
-		out = append(out, rec)
+		changes = append(changes, change{kindEndpoint, rid, ep})
 	}
-	for rid := range mine {
-		rec, err := r.a.store.Delete(kindEndpoint, rid)
-		if err == nil {
-			out = append(out, rec)
+	for _, rid := range slices.Sorted(maps.Keys(mine)) {
+		changes = append(changes, change{kind: kindEndpoint, id: rid})
+	}
+	if len(changes) > 0 {
+		if _, err := d.records.write(changes...); err != nil {
+			d.log.Warn("publish endpoints", "err", err)
+		}
+		if d.servicesChanged != nil {
+			d.servicesChanged()
 		}
 	}
-	if len(out) > 0 {
-		r.a.sync.Publish(out)
-		r.a.servicesChanged()
-	}
-	if err := r.a.cluster.UpdateMeta(func(m *gossip.Meta) { m.Load.Replicas = running }); err != nil {
-		r.a.log.Warn("publish replica count", "err", err)
+	if err := d.cluster.UpdateMeta(func(m *gossip.Meta) { m.Load.Replicas = running }); err != nil {
+		d.log.Warn("publish replica count", "err", err)
 	}
 }

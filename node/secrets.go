@@ -7,15 +7,11 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"sort"
 
 	"github.com/shoalmesh/shoal/api"
-	"github.com/shoalmesh/shoal/runtime"
 	"github.com/shoalmesh/shoal/state"
 )
 
@@ -193,55 +189,13 @@ func (a *Agent) deleteData(w http.ResponseWriter, name, kind string) {
 	writeJSON(w, http.StatusOK, api.DeleteResponse{ID: name, Deleted: true, Version: formatVersion(rec.Version)})
 }
 
-// dataRoot holds the files of replicas' secrets and configs.
-func (a *Agent) dataRoot() string { return filepath.Join(runtime.RunDir, a.cfg.ContainerdNamespace) }
-
-// materialize writes a replica's secret or config as read-only files and
-// returns the directory to mount.
-func (a *Agent) materialize(task, kind string, m api.DataMount) (string, error) {
-	rec, ok := a.store.Get(kind, m.Name)
+// openStoredData returns the data of a stored secret or config, for the
+// files a replica mounts.
+func (a *Agent) openStoredData(kind, name string) (map[string]string, error) {
+	rec, ok := a.store.Get(kind, name)
 	if !ok {
-		return "", fmt.Errorf("%s %q does not exist (create it with shoal %s set)", kind, m.Name, kind)
+		return nil, fmt.Errorf("%s %q does not exist (create it with shoal %s set)", kind, name, kind)
 	}
-	data, _, err := a.openData(kind, m.Name, rec.Body)
-	if err != nil {
-		return "", err
-	}
-	// Keys become file names: whatever a peer wrote is checked again here.
-	if ferr := api.ValidateData(m.Name, api.Data{Data: data}); ferr != nil {
-		return "", fmt.Errorf("%s %s: %v", kind, m.Name, ferr)
-	}
-	dir := filepath.Join(a.dataRoot(), task, kind, m.Name)
-	if err := os.RemoveAll(dir); err != nil {
-		return "", fmt.Errorf("prepare %s %s: %w", kind, m.Name, err)
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", fmt.Errorf("prepare %s %s: %w", kind, m.Name, err)
-	}
-	// The task's user (whatever the image says) must read them; only
-	// root reaches them on the host (/run/shoal is root's, 0700).
-	if err := os.Chmod(runtime.RunDir, 0o700); err != nil {
-		return "", err
-	}
-	for k, v := range data {
-		if err := os.WriteFile(filepath.Join(dir, k), []byte(v), 0o444); err != nil {
-			return "", fmt.Errorf("write %s %s: %w", kind, m.Name, err)
-		}
-	}
-	return dir, nil
-}
-
-// sweepData removes the files of replicas that no longer exist here.
-func (a *Agent) sweepData(keep map[string]bool) {
-	entries, err := os.ReadDir(a.dataRoot())
-	if err != nil {
-		return
-	}
-	for _, e := range entries {
-		if !keep[e.Name()] {
-			if err := os.RemoveAll(filepath.Join(a.dataRoot(), e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
-				a.log.Warn("remove replica secrets", "task", e.Name(), "err", err)
-			}
-		}
-	}
+	data, _, err := a.openData(kind, name, rec.Body)
+	return data, err
 }
