@@ -261,6 +261,9 @@ func (p *planner) planStops() map[string]bool {
 		case want && t.SpecHash == specHash(job):
 			// Placed back here (or never moved): no handoff pending.
 			delete(p.mem.MoveSince, id)
+		case !known && in.Deleted[t.Job]:
+			p.event("stopping", t.Job, t.Replica, "the job was removed")
+			stop(id, "job removed")
 		case !in.Synced:
 			// The store may not have caught up yet: what runs here may be
 			// a job this node has not heard of, a newer spec, or placed here by records
@@ -522,8 +525,12 @@ func minHealthyTime(job api.Job) time.Duration {
 // settleStarts turns the outcome of the starts into records, events and
 // memory.
 func settleStarts(in planInput, out *planOutput, results []startResult) {
-	p := &planner{in: in, out: *out, mem: &out.Memory}
+	p := &planner{in: in, out: *out, rolled: map[string]bool{}}
+	p.mem = &p.out.Memory
 	defer func() { *out = p.out }()
+	for _, rb := range out.Rollbacks {
+		p.rolled[rb.Job.ID] = true
+	}
 	starts := map[string]startDecision{}
 	for _, s := range out.Starts {
 		starts[s.ID] = s
