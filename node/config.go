@@ -1,6 +1,3 @@
-// Package node composes a Shoal agent: membership, the p2p host, the HTTP
-// API and, as they land, state, placement and the reconcile loop. It owns
-// start-up and shutdown order.
 package node
 
 import (
