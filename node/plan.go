@@ -107,6 +107,9 @@ type planOutput struct {
 	// Running are the local tasks kept running: the overlay attaches them
 	// and the prober checks them.
 	Running map[string]runtime.TaskStatus
+	// Unknown are the tasks of a driver that could not be asked, kept on
+	// their last records: their health probes go on.
+	Unknown map[string]bool
 	Events  []planEvent
 	// Rollbacks and Finished are rollout marks to write (job ids).
 	Rollbacks []rollbackDecision
@@ -185,7 +188,7 @@ type planner struct {
 func planPass(in planInput) planOutput {
 	p := &planner{
 		in: in,
-		out: planOutput{Publish: map[string]Endpoint{}, Running: map[string]runtime.TaskStatus{}, InUse: map[string]bool{},
+		out: planOutput{Publish: map[string]Endpoint{}, Running: map[string]runtime.TaskStatus{}, Unknown: map[string]bool{}, InUse: map[string]bool{},
 			Sweep: len(in.Unavailable) == 0, Memory: in.Memory.clone()},
 		desired:  map[string]placement.Replica{},
 		byTask:   map[string]map[string]Endpoint{},
@@ -373,6 +376,7 @@ func (p *planner) planDesired(stopping map[string]bool) {
 // daemon), so nothing is counted, removed or restarted.
 func (p *planner) keepUnknown(id, job string, replica int, driver string) {
 	p.out.Degraded = true
+	p.out.Unknown[id] = true
 	msg := driver + " is unreachable on this node: last known state"
 	if ep, ok := p.byTask[id][p.in.Self]; ok {
 		ep.Message = msg

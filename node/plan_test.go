@@ -16,7 +16,7 @@ import (
 // Table tests of the planner: every case is a planInput built by hand and
 // the decisions it must give. No clock, no runtime, no network.
 
-var t0 = time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+var planNow = time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
 
 func ptr[T any](v T) *T { return &v }
 
@@ -45,19 +45,19 @@ func withUpdate(maxParallel int) func(*api.Job) {
 func updatedFrom(prev api.Job) func(*api.Job) {
 	return func(j *api.Job) {
 		task := prev.Task
-		j.Rollout = &api.Rollout{PreviousTask: &task, Since: t0.Add(-time.Minute)}
+		j.Rollout = &api.Rollout{PreviousTask: &task, Since: planNow.Add(-time.Minute)}
 		j.Version = "v2"
 	}
 }
 
 func running(j api.Job, replica int, startedAgo time.Duration) runtime.TaskStatus {
 	return runtime.TaskStatus{ID: taskID(j.ID, replica), Job: j.ID, Replica: replica, State: runtime.StateRunning, PID: 1000 + replica,
-		SpecHash: specHash(j), StartedAt: t0.Add(-startedAgo), NetNS: "/run/netns/x-" + taskID(j.ID, replica), Driver: runtime.DriverContainerd}
+		SpecHash: specHash(j), StartedAt: planNow.Add(-startedAgo), NetNS: "/run/netns/x-" + taskID(j.ID, replica), Driver: runtime.DriverContainerd}
 }
 
 func exited(j api.Job, replica, code int, finishedAgo time.Duration) runtime.TaskStatus {
 	t := running(j, replica, finishedAgo+time.Second)
-	t.State, t.PID, t.ExitCode, t.FinishedAt = runtime.StateExited, 0, code, t0.Add(-finishedAgo)
+	t.State, t.PID, t.ExitCode, t.FinishedAt = runtime.StateExited, 0, code, planNow.Add(-finishedAgo)
 	return t
 }
 
@@ -68,7 +68,7 @@ func endpoint(j api.Job, replica int, node string, healthy bool, settled bool) E
 
 // input is a pass of node "a" in a cluster of a, b and c.
 func input(jobs []api.Job, placements map[string][]string, tasks ...runtime.TaskStatus) planInput {
-	in := planInput{Self: "a", Now: t0, Synced: true, Assignment: placement.Assignment{Placements: placements},
+	in := planInput{Self: "a", Now: planNow, Synced: true, Assignment: placement.Assignment{Placements: placements},
 		Jobs: map[string]api.Job{}, Tasks: map[string]runtime.TaskStatus{}, Alive: map[string]bool{"a": true, "b": true, "c": true},
 		Health: map[string]healthResult{}, HandoffTimeout: 30 * time.Second, Memory: newPlanMemory()}
 	for _, j := range jobs {
@@ -142,7 +142,7 @@ func TestPlanHandoffWaitsForTheNewOwnerThenTimesOut(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			in := input([]api.Job{web}, moved, running(web, 0, time.Hour))
-			in.Memory.MoveSince["web-0"] = t0.Add(-tc.movedAgo)
+			in.Memory.MoveSince["web-0"] = planNow.Add(-tc.movedAgo)
 			if tc.peer != nil {
 				in.Endpoints = []Endpoint{*tc.peer}
 			}
@@ -154,7 +154,7 @@ func TestPlanHandoffWaitsForTheNewOwnerThenTimesOut(t *testing.T) {
 				if ep := out.Publish["web-0"]; ep.State != StateRunning || ep.Message != "moving to b" {
 					t.Errorf("old copy published as %+v, want running, moving to b", ep)
 				}
-				if since := out.Memory.MoveSince["web-0"]; !since.Equal(t0.Add(-tc.movedAgo)) {
+				if since := out.Memory.MoveSince["web-0"]; !since.Equal(planNow.Add(-tc.movedAgo)) {
 					t.Errorf("move start forgotten: %v", since)
 				}
 				return
@@ -173,11 +173,11 @@ func TestPlanHandoffClockStartsAtTheFirstPassThatSeesTheMove(t *testing.T) {
 	web := job("web", 1)
 	in := input([]api.Job{web}, map[string][]string{"web": {"b"}}, running(web, 0, time.Hour))
 	out := planPass(in)
-	if len(out.Stops) != 0 || !out.Memory.MoveSince["web-0"].Equal(t0) {
+	if len(out.Stops) != 0 || !out.Memory.MoveSince["web-0"].Equal(planNow) {
 		t.Fatalf("first pass: stops %v, move since %v", stopIDs(out), out.Memory.MoveSince["web-0"])
 	}
 	// The next pass, past the timeout, stops it.
-	in.Memory, in.Now = out.Memory, t0.Add(31*time.Second)
+	in.Memory, in.Now = out.Memory, planNow.Add(31*time.Second)
 	if out := planPass(in); !slices.Contains(stopIDs(out), "web-0") {
 		t.Fatal("not stopped after the handoff timeout")
 	}
@@ -189,7 +189,7 @@ func TestPlanCrashLoopBacksOffThenGivesUp(t *testing.T) {
 	})
 	here := map[string][]string{"web": {"a"}}
 	mem := newPlanMemory()
-	now := t0
+	now := planNow
 	wantDelays := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second}
 	for attempt, delay := range wantDelays {
 		task := exited(web, 0, 3, 0)
@@ -319,7 +319,7 @@ func TestPlanReplicaMovedDuringAnUpdate(t *testing.T) {
 	// the new spec healthy: the old copy is handed over, not replaced in
 	// place, and no turn of the update is spent on it.
 	in := input([]api.Job{cur}, map[string][]string{"web": {"b", "b"}}, running(old, 1, time.Hour))
-	in.Memory.MoveSince["web-1"] = t0.Add(-time.Second)
+	in.Memory.MoveSince["web-1"] = planNow.Add(-time.Second)
 	in.Endpoints = []Endpoint{endpoint(cur, 0, "b", true, true), endpoint(cur, 1, "b", true, false)}
 	out := planPass(in)
 	if !slices.Equal(stopIDs(out), []string{"web-1"}) || len(out.Starts) != 0 {

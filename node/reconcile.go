@@ -404,7 +404,7 @@ func (r *reconciler) execute(ctx context.Context, in planInput, out *planOutput)
 			r.health.ensure(t, job.Health)
 		}
 	}
-	keep := map[string]bool{}
+	keep := maps.Clone(out.Unknown)
 	for id := range out.Running {
 		keep[id] = true
 	}

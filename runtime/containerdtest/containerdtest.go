@@ -11,6 +11,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -28,8 +30,14 @@ const EnvAddress = "SHOAL_CONTAINERD_ADDRESS"
 type Daemon struct {
 	Address string
 	Dir     string
+	bin     string
+	config  string
 	cmd     *exec.Cmd
-	log     *bytes.Buffer
+	// exited is closed once the current process of cmd has been reaped.
+	exited chan struct{}
+	// killed is set by Kill and cleared by a successful Restart.
+	killed bool
+	log    *syncBuffer
 }
 
 // Start starts containerd with its own root, state and socket under a new
@@ -41,6 +49,14 @@ func Start(t testing.TB) *Daemon {
 	if addr := os.Getenv(EnvAddress); addr != "" {
 		return &Daemon{Address: addr}
 	}
+	return StartPrivate(t)
+}
+
+// StartPrivate is Start without the EnvAddress shortcut: the daemon is
+// always the test's own, so the test may Kill and Restart it without
+// disturbing anyone else's containers.
+func StartPrivate(t testing.TB) *Daemon {
+	t.Helper()
 	d, err := StartDaemon()
 	if err != nil {
 		t.Fatal(err)
@@ -66,6 +82,9 @@ func StartDaemon() (*Daemon, error) {
 		return nil, fmt.Errorf("start containerd: %w", err)
 	}
 	sock := filepath.Join(dir, "c.sock")
+	// The state directory is on disk, not on tmpfs as on a real machine,
+	// which makes no difference to a daemon that is restarted: it finds
+	// its shims again from there.
 	config := fmt.Sprintf(`version = 2
 root = %q
 state = %q
@@ -80,29 +99,108 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("start containerd: %w", err)
 	}
-	d := &Daemon{Address: sock, Dir: dir, log: &bytes.Buffer{}}
-	d.cmd = exec.Command(bin, "--config", cfgPath, "--log-level", "warn")
-	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
-	// No Pdeathsig: it fires when the forking OS thread exits, and Go
-	// retires threads that tests lock into other network namespaces.
-	// A daemon orphaned by a crashed test run is swept by the next one.
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := d.cmd.Start(); err != nil {
+	d := &Daemon{Address: sock, Dir: dir, bin: bin, config: cfgPath, log: &syncBuffer{}}
+	if err := d.spawn(); err != nil {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("start containerd: %w", err)
 	}
-	_ = os.WriteFile(filepath.Join(dir, "pid"), []byte(strconv.Itoa(d.cmd.Process.Pid)), 0o600)
+	if err := d.waitReady(); err != nil {
+		d.Stop()
+		return nil, fmt.Errorf("start containerd: %w", err)
+	}
+	return d, nil
+}
+
+// spawn starts the daemon process with the daemon's config.
+func (d *Daemon) spawn() error {
+	cmd := exec.Command(d.bin, "--config", d.config, "--log-level", "warn")
+	cmd.Stdout, cmd.Stderr = d.log, d.log
+	// No Pdeathsig: it fires when the forking OS thread exits, and Go
+	// retires threads that tests lock into other network namespaces.
+	// A daemon orphaned by a crashed test run is swept by the next one.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	d.cmd, d.exited = cmd, exited
+	_ = os.WriteFile(filepath.Join(d.Dir, "pid"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o600)
+	return nil
+}
+
+// waitReady waits until the daemon serves on its socket.
+func (d *Daemon) waitReady() error {
 	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if ready(sock) {
-			return d, nil
+	for !ready(d.Address) {
+		if !d.Running() {
+			return fmt.Errorf("containerd exited before serving at %s: %s", d.Address, d.Log())
 		}
-		if time.Now().After(deadline) || d.cmd.ProcessState != nil {
-			d.Stop()
-			return nil, fmt.Errorf("containerd did not come up at %s: %s", sock, d.log.String())
+		if time.Now().After(deadline) {
+			return fmt.Errorf("containerd did not come up at %s: %s", d.Address, d.Log())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	return nil
+}
+
+// Running reports whether the daemon process started by this process is
+// alive (false for a daemon named by EnvAddress).
+func (d *Daemon) Running() bool {
+	if d.cmd == nil || d.exited == nil {
+		return false
+	}
+	select {
+	case <-d.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// Kill ends the daemon with SIGKILL, as a crash does, and waits until it
+// is gone. Only the daemon dies: shims and their containers keep running,
+// as they do when a package upgrade restarts containerd. Restart brings it
+// back.
+func (d *Daemon) Kill() error {
+	if !d.Running() {
+		return fmt.Errorf("kill containerd at %s: not running, or not started by this process", d.Address)
+	}
+	// The daemon only, not its process group: shims are in groups of
+	// their own, but nothing else of the group should die either.
+	if err := d.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		return fmt.Errorf("kill containerd at %s: %w", d.Address, err)
+	}
+	select {
+	case <-d.exited:
+		d.killed = true
+		return nil
+	case <-time.After(30 * time.Second):
+		return fmt.Errorf("kill containerd at %s: pid %d still there after SIGKILL", d.Address, d.cmd.Process.Pid)
+	}
+}
+
+// Restart starts a daemon that Kill ended again, with the same config,
+// socket, root and state directories, and waits until it serves. The new
+// daemon reconnects to the shims the old one left running.
+func (d *Daemon) Restart() error {
+	if d.cmd == nil {
+		return fmt.Errorf("restart containerd at %s: not started by this process", d.Address)
+	}
+	if d.Running() {
+		return fmt.Errorf("restart containerd at %s: still running", d.Address)
+	}
+	if err := d.spawn(); err != nil {
+		return fmt.Errorf("restart containerd at %s: %w", d.Address, err)
+	}
+	if err := d.waitReady(); err != nil {
+		return fmt.Errorf("restart containerd: %w", err)
+	}
+	d.killed = false
+	return nil
 }
 
 func ready(sock string) bool {
@@ -121,20 +219,27 @@ func ready(sock string) bool {
 }
 
 // Stop ends the daemon and removes its directory. Shims of containers
-// still running are killed with it.
+// still running are killed with it. A daemon that Kill ended is started
+// again first, so that its containers can be removed properly.
 func (d *Daemon) Stop() error {
 	if d.cmd == nil {
 		return nil
 	}
-	d.removeContainers()
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan error, 1)
-	go func() { done <- d.cmd.Wait() }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		_ = syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL)
-		<-done
+	if d.killed && !d.Running() {
+		if err := d.Restart(); err != nil && !d.Running() {
+			// No daemon to remove them through: end the shims at least.
+			d.killShims()
+		}
+	}
+	if d.Running() {
+		d.removeContainers()
+		_ = d.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-d.exited:
+		case <-time.After(10 * time.Second):
+			_ = syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL)
+			<-d.exited
+		}
 	}
 	d.cmd = nil
 	// Mounts left by a crashed container would make RemoveAll fail; the
@@ -144,6 +249,30 @@ func (d *Daemon) Stop() error {
 		return fmt.Errorf("remove containerd dir: %w", err)
 	}
 	return nil
+}
+
+// killShims sends SIGKILL to every shim that talks to this daemon's
+// socket; for when the daemon cannot be brought back to delete them.
+func (d *Daemon) killShims() {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		raw, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(raw), "\x00")
+		if len(args) == 0 || !strings.HasPrefix(filepath.Base(args[0]), "containerd-shim") {
+			continue
+		}
+		for i := 0; i+1 < len(args); i++ {
+			if args[i] == "-address" && args[i+1] == d.Address {
+				if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil {
+					_ = syscall.Kill(pid, syscall.SIGKILL)
+				}
+				break
+			}
+		}
+	}
 }
 
 const dirPrefix = "shoal-ctd-"
@@ -215,12 +344,31 @@ func (d *Daemon) removeContainers() {
 	_ = shoalrt.CleanupAllContainerd(ctx, d.Address)
 }
 
-// Log is what the daemon printed.
+// Log is what the daemon printed, over all its starts.
 func (d *Daemon) Log() string {
 	if d.log == nil {
 		return ""
 	}
 	return d.log.String()
+}
+
+// syncBuffer is a bytes.Buffer that the daemon's output copier writes
+// while a test reads it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // BuildImage builds the Go main package at pkg (a path relative to the
