@@ -558,6 +558,8 @@ func TestParseRejectsMistypedValues(t *testing.T) {
 		`{"task":{"privileged":"yes"}}`:     "task.privileged: must be true or false",
 		`{"restart":{"backoff":"soon"}}`:    `restart.backoff: invalid duration "soon": write it like "1.5s" or "2m"`,
 		`{"restart":{"backoff":1}}`:         `restart.backoff: must be a duration string such as "1.5s" or "2m"`,
+		`{"service":{"claimed_at":1}}`:      `service.claimed_at: must be an RFC 3339 time string such as "2025-01-02T15:04:05Z"`,
+		`{"rollout":{"since":"monday"}}`:    `rollout.since: invalid time "monday": write it like "2025-01-02T15:04:05Z"`,
 	} {
 		_, err := ParseJob([]byte(body), "application/json")
 		if err == nil || err.Error() != want {
@@ -587,6 +589,18 @@ func TestParseAcceptsNullsAsAbsent(t *testing.T) {
 	if j.Replicas != nil || j.Service != nil || j.Health.Interval != 0 {
 		t.Errorf("nulls were not treated as absent: %+v", j)
 	}
+}
+
+// A job as the API answers carries times Shoal keeps (service.claimed_at,
+// rollout.since); sending it back, as JSON or YAML, must work.
+func TestParseAcceptsTheTimesShoalKeeps(t *testing.T) {
+	j := validJob()
+	j.ApplyDefaults()
+	j.Service.ClaimedAt = time.Date(2025, 1, 2, 15, 4, 5, 123456789, time.UTC)
+	j.Rollout = &Rollout{Since: time.Date(2025, 1, 2, 16, 0, 0, 0, time.FixedZone("", 3600))}
+	j.Autoscaled = &Autoscaled{At: time.Date(2025, 1, 3, 0, 0, 0, 0, time.UTC), From: 1, To: 2, Reason: "cpu"}
+	roundTrip(t, j)
+	yamlRoundTrip(t, j)
 }
 
 // roundTrip marshals j, parses it again and fails the test unless the

@@ -26,7 +26,7 @@ func (a *Agent) jobStatus(j api.Job, allocs map[string][]api.Allocation) api.Job
 	if al == nil {
 		al = []api.Allocation{}
 	}
-	return api.JobStatus{Job: j, SpecHash: specHash(j), Allocations: al}
+	return api.JobStatus{Job: j, SpecHash: specHash(j), Allocations: al, Problems: a.serviceProblems()[j.ID]}
 }
 
 // allocations are the job's replicas as their nodes report them, plus the
