@@ -114,7 +114,8 @@ type planOutput struct {
 	// Rollbacks and Finished are rollout marks to write (job ids).
 	Rollbacks []rollbackDecision
 	Finished  []api.Job
-	// InUse are the tasks whose files, volumes and addresses must stay.
+	// InUse are the tasks whose files, volumes and addresses must stay
+	// (a task whose stop fails is added back by the executor).
 	InUse map[string]bool
 	// Sweep is true when every driver answered: leftovers of tasks not in
 	// InUse may then be removed.
@@ -231,7 +232,9 @@ func planPass(in planInput) planOutput {
 		p.out.InUse[id] = true
 	}
 	for id := range in.Tasks {
-		p.out.InUse[id] = true
+		if !stopping[id] {
+			p.out.InUse[id] = true
+		}
 	}
 	for id := range p.mem.MoveSince {
 		if _, still := in.Tasks[id]; !still || stopping[id] {

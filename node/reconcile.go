@@ -373,6 +373,7 @@ func (r *reconciler) execute(ctx context.Context, in planInput, out *planOutput)
 		d.log.Info("stopping replica", "task", s.ID, "reason", s.Reason)
 		if err := r.stopTask(ctx, s.ID); err != nil {
 			d.log.Warn("stop replica", "task", s.ID, "err", err)
+			out.InUse[s.ID] = true // still there: keep what it uses
 		}
 	}
 	results := r.runStarts(ctx, out.Starts)

@@ -200,10 +200,19 @@ func newPsCmd(cf *clientFlags) *cobra.Command {
 						svc += fmt.Sprintf(" (node port %d)", j.Service.NodePort)
 					}
 				}
+				if len(j.Problems) > 0 {
+					svc += " (see problems)"
+				}
 				fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\t%s\t%s\n", j.ID, j.Type, running, replicas, j.Task.Driver, what, svc)
 			}
 			if err := tw.Flush(); err != nil {
 				return err
+			}
+			// Conflicts a partition left behind, and what was kept.
+			for _, j := range jobs {
+				for _, p := range j.Problems {
+					fmt.Printf("problem: %s: %s\n", j.ID, p)
+				}
 			}
 			fmt.Println()
 			tw = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
