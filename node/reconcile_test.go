@@ -135,7 +135,7 @@ func newLoopHarness(t *testing.T) *loopHarness {
 			return map[string]string{"password": "hunter2"}, nil
 		}},
 		events: newEventLog("a"), log: log,
-		ready:  func(context.Context) bool { return true }, synced: func() bool { return true },
+		ready: func(context.Context) bool { return true }, synced: func() bool { return true },
 		healthChanged: make(chan struct{}, 1),
 	}
 	h.r = newReconciler(deps, DefaultReconcileConfig())
