@@ -169,3 +169,41 @@ func TestPartitionWithWritesOnBothSidesHeals(t *testing.T) {
 		t.Errorf("base after the heal: %+v, %v (the later write, 4 replicas, should win)", st.Replicas, err)
 	}
 }
+
+func TestBlipShorterThanFailureDetectionMovesNothing(t *testing.T) {
+	c := startCluster(t, 3)
+	n1, n2, n3 := c.Nodes[0], c.Nodes[1], c.Nodes[2]
+	ctx := context.Background()
+	if _, err := n1.Client().PutJob(ctx, sleepJob("steady", 3)); err != nil {
+		t.Fatal(err)
+	}
+	Eventually(t, 30*time.Second, "steady runs 3 replicas", func() (bool, string) {
+		_, total, detail := runningByNode(n2, "steady")
+		return total == 3, detail
+	})
+	before := map[string]map[string]string{}
+	for _, n := range c.Nodes {
+		before[n.Name] = taskPIDs(t, n)
+	}
+	placed, _, _ := runningByNode(n1, "steady")
+
+	// n3's link drops for well under the failure detection time (about
+	// 2.5 s with the default probe settings).
+	cutOff(t, n3, n1, n2)
+	cutOff(t, n1, n3)
+	cutOff(t, n2, n3)
+	time.Sleep(700 * time.Millisecond)
+	heal(t, n1, n2, n3)
+
+	// A few reconcile rounds for anything to (wrongly) move.
+	time.Sleep(5 * time.Second)
+	waitStatuses(t, c.Nodes, map[string]string{"n1": "alive", "n2": "alive", "n3": "alive"}, 30*time.Second)
+	for _, n := range c.Nodes {
+		if after := taskPIDs(t, n); fmt.Sprint(after) != fmt.Sprint(before[n.Name]) {
+			t.Errorf("%s: tasks changed across a blip:\nbefore %v\nafter  %v", n.Name, before[n.Name], after)
+		}
+	}
+	if now, total, detail := runningByNode(n1, "steady"); fmt.Sprint(now) != fmt.Sprint(placed) || total != 3 {
+		t.Errorf("placement changed across a blip: %v -> %v (%s)", placed, now, detail)
+	}
+}
