@@ -17,7 +17,7 @@ test: build lint ## unit tests, e2e tests in network namespaces (root), brief fu
 	SHOAL_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 15m ./...
 
 fuzz: ## run every fuzz target for FUZZTIME (decoders of peer messages, job parser)
-	@set -e; for t in api:FuzzParseJob api:FuzzValidateJob state:FuzzDecodeRecords state:FuzzDecodeDigest state:FuzzHLCNeverGoesBackwards state:FuzzApplyDriftBound gossip:FuzzReadRecordFrames overlay:FuzzParseTag lb:FuzzDNSAnswer; do \
+	@set -e; for t in api:FuzzParseJob api:FuzzValidateJob state:FuzzDecodeRecords state:FuzzDecodeDigest state:FuzzHLCNeverGoesBackwards state:FuzzApplyDriftBound gossip:FuzzReadRecordFrames overlay:FuzzParseTag lb:FuzzDNSAnswer node:FuzzPeerRecordCheck gossip:FuzzParseKeyring; do \
 		pkg=$${t%%:*}; fn=$${t#*:}; \
 		echo "fuzz $$fn ($$pkg, $(FUZZTIME))"; \
 		$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 200x ./$$pkg >/tmp/shoal-fuzz.log 2>&1 || { cat /tmp/shoal-fuzz.log; exit 1; }; \

@@ -3,12 +3,16 @@ package api
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -34,22 +38,96 @@ func (e *StatusError) Error() string {
 	return fmt.Sprintf("%s (HTTP %d)", e.Message, e.Code)
 }
 
-// NewClient returns a client for addr ("host:port" or a URL). A custom
-// dialer may be given to reach agents in other network namespaces.
+// ClientOptions are a Client's settings beyond the agent's address.
+type ClientOptions struct {
+	// Token is sent as the bearer token of every request.
+	Token string
+	// RootCAs verifies the agent's certificate (the cluster's ca.pem, see
+	// LoadCACert). With it, an address without a scheme means HTTPS.
+	RootCAs *x509.CertPool
+	// Dial, if set, makes the connections: a way to reach agents in other
+	// network namespaces.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// NewClient returns a client for addr ("host:port" or a URL) speaking
+// plain HTTP unless addr says https://. A custom dialer may be given to
+// reach agents in other network namespaces.
 func NewClient(addr, token string, dial func(ctx context.Context, network, addr string) (net.Conn, error)) *Client {
+	return NewClientWithOptions(addr, ClientOptions{Token: token, Dial: dial})
+}
+
+// NewClientWithOptions returns a client for addr: "host:port" (HTTPS when
+// o.RootCAs is set, plain HTTP otherwise), or an http:// or https:// URL.
+func NewClientWithOptions(addr string, o ClientOptions) *Client {
 	base := addr
 	if !strings.Contains(base, "://") {
-		base = "http://" + base
+		scheme := "http://"
+		if o.RootCAs != nil {
+			scheme = "https://"
+		}
+		base = scheme + base
 	}
-	tr := &http.Transport{MaxIdleConnsPerHost: 4, IdleConnTimeout: 30 * time.Second}
-	if dial != nil {
-		tr.DialContext = dial
+	tr := &http.Transport{
+		MaxIdleConnsPerHost: 4,
+		IdleConnTimeout:     30 * time.Second,
+		// A peer that accepts the connection but never finishes the
+		// handshake fails the call instead of hanging it.
+		TLSHandshakeTimeout: 10 * time.Second,
+		TLSClientConfig:     &tls.Config{RootCAs: o.RootCAs, MinVersion: tls.VersionTLS12},
+	}
+	if o.Dial != nil {
+		tr.DialContext = o.Dial
 	}
 	return &Client{
 		base:  strings.TrimRight(base, "/"),
-		token: token,
+		token: o.Token,
 		http:  &http.Client{Transport: tr, Timeout: 30 * time.Second},
 	}
+}
+
+// LoadCACert reads a PEM file of CA certificates (the cluster's ca.pem)
+// for ClientOptions.RootCAs.
+func LoadCACert(path string) (*x509.CertPool, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read CA certificate: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(raw) {
+		return nil, fmt.Errorf("read CA certificate %s: no PEM certificate in it", path)
+	}
+	return pool, nil
+}
+
+// Errors of the connection itself, for callers to add advice.
+var (
+	// ErrUntrustedCert: the agent's certificate is not signed by a CA the
+	// client trusts (no CA given, or another cluster's).
+	ErrUntrustedCert = errors.New("the agent's certificate is not signed by the CA this client trusts")
+	// ErrAgentWantsHTTPS: a plain HTTP request reached an HTTPS agent.
+	ErrAgentWantsHTTPS = errors.New("the agent serves HTTPS only and refused a plain HTTP request")
+	// ErrAgentSpeaksHTTP: an HTTPS request reached a plain HTTP agent.
+	ErrAgentSpeaksHTTP = errors.New("the agent serves plain HTTP, not HTTPS")
+)
+
+// transportError makes what went wrong below HTTP recognisable: the bare
+// errors of crypto/tls and net/http do not say what to do about them.
+func transportError(err error) error {
+	var unknown x509.UnknownAuthorityError
+	var host x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	switch {
+	case errors.As(err, &unknown):
+		return fmt.Errorf("%w (x509: certificate signed by unknown authority): give the cluster's ca.pem", ErrUntrustedCert)
+	case errors.As(err, &host):
+		return fmt.Errorf("the agent's certificate does not name the address dialled (%v): use its node name or an address it listens on", err)
+	case errors.As(err, &invalid):
+		return fmt.Errorf("the agent's certificate is not valid (%v): check the clocks and the cluster CA's validity", err)
+	case strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"):
+		return fmt.Errorf("%w: use an http:// address", ErrAgentSpeaksHTTP)
+	}
+	return err
 }
 
 // Do sends a request with an optional JSON body and decodes a JSON answer
@@ -81,7 +159,7 @@ func (c *Client) send(req *http.Request, out any) error {
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
+		return fmt.Errorf("%s %s: %w", method, path, transportError(err))
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
@@ -89,11 +167,7 @@ func (c *Client) send(req *http.Request, out any) error {
 		return fmt.Errorf("%s %s: read answer: %w", method, path, err)
 	}
 	if resp.StatusCode/100 != 2 {
-		var e Error
-		if json.Unmarshal(raw, &e) != nil || e.Error == "" {
-			e.Error = strings.TrimSpace(string(raw))
-		}
-		return &StatusError{Code: resp.StatusCode, Message: e.Error}
+		return answerError(resp.StatusCode, raw)
 	}
 	if out != nil {
 		if err := json.Unmarshal(raw, out); err != nil {
@@ -101,6 +175,19 @@ func (c *Client) send(req *http.Request, out any) error {
 		}
 	}
 	return nil
+}
+
+// answerError turns a non-2xx answer into a *StatusError, or into
+// ErrAgentWantsHTTPS for net/http's answer to plain HTTP on a TLS port.
+func answerError(code int, raw []byte) error {
+	var e Error
+	if json.Unmarshal(raw, &e) != nil || e.Error == "" {
+		e.Error = strings.TrimSpace(string(raw))
+		if code == http.StatusBadRequest && strings.Contains(e.Error, "HTTP request to an HTTPS server") {
+			return fmt.Errorf("%w: use an https:// address or give the cluster's ca.pem", ErrAgentWantsHTTPS)
+		}
+	}
+	return &StatusError{Code: code, Message: e.Error}
 }
 
 // Nodes lists the cluster members the agent knows.
@@ -186,16 +273,12 @@ func (c *Client) Logs(ctx context.Context, id string, replica, tail int, follow 
 	streaming := &http.Client{Transport: c.http.Transport}
 	resp, err := streaming.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("GET logs of %s: %w", id, err)
+		return nil, fmt.Errorf("GET logs of %s: %w", id, transportError(err))
 	}
 	if resp.StatusCode/100 != 2 {
 		defer resp.Body.Close()
 		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-		var e Error
-		if json.Unmarshal(raw, &e) != nil || e.Error == "" {
-			e.Error = strings.TrimSpace(string(raw))
-		}
-		return nil, &StatusError{Code: resp.StatusCode, Message: e.Error}
+		return nil, answerError(resp.StatusCode, raw)
 	}
 	return resp.Body, nil
 }

@@ -17,6 +17,7 @@ func (j *Job) dropEmpty() {
 	nilIfEmpty(&j.Task.Mounts)
 	nilIfEmpty(&j.Task.Secrets)
 	nilIfEmpty(&j.Task.Configs)
+	nilIfEmpty(&j.Task.CapAdd)
 	if len(j.Task.Env) == 0 {
 		j.Task.Env = nil
 	}
@@ -46,6 +47,7 @@ func (j Job) Clone() Job {
 	c.Task.Mounts = slices.Clone(j.Task.Mounts)
 	c.Task.Secrets = slices.Clone(j.Task.Secrets)
 	c.Task.Configs = slices.Clone(j.Task.Configs)
+	c.Task.CapAdd = slices.Clone(j.Task.CapAdd)
 	c.Service = clonePtr(j.Service)
 	if j.Health != nil {
 		h := *j.Health
@@ -93,6 +95,11 @@ const (
 	DefaultMinHealthyTime          = 10 * time.Second
 	DefaultHealthyDeadline         = 5 * time.Minute
 	DefaultScalingCooldown         = time.Minute
+	// DefaultPids is the process (and thread) limit of a replica that
+	// sets none: room for a busy server or a JVM's threads, small enough
+	// that a fork bomb fills its own cgroup long before the node's pid
+	// space (32768 by default).
+	DefaultPids = 1024
 )
 
 // ApplyDefaults fills every field left out with its default, so that the
@@ -103,6 +110,9 @@ const (
 func (j *Job) ApplyDefaults() {
 	if j.Type == "" {
 		j.Type = JobTypeService
+	}
+	if j.Task.Resources.Pids == 0 {
+		j.Task.Resources.Pids = DefaultPids
 	}
 	for i, m := range j.Task.Secrets {
 		if m.Path == "" {

@@ -107,6 +107,23 @@ func TestValidateRules(t *testing.T) {
 		{"memory > 0", func(j *Job) { j.Task.Resources.MemoryMB = 0 }, "task.resources.memory_mb: must be > 0"},
 		{"memory not negative", func(j *Job) { j.Task.Resources.MemoryMB = -5 }, "task.resources.memory_mb: must be > 0"},
 		{"memory bound", func(j *Job) { j.Task.Resources.MemoryMB = 4_194_305 }, "task.resources.memory_mb: must be <= 4194304"},
+		{"pids absent is the default", func(j *Job) { j.Task.Resources.Pids = 0 }, ""},
+		{"pids not negative", func(j *Job) { j.Task.Resources.Pids = -1 }, "task.resources.pids: must be between 1 and 4194304 (processes and threads)"},
+		{"pids bound", func(j *Job) { j.Task.Resources.Pids = 4_194_305 }, "task.resources.pids: must be between 1 and 4194304 (processes and threads)"},
+		{"pids at bounds is fine", func(j *Job) { j.Task.Resources.Pids = 4_194_304 }, ""},
+		{"one pid is fine", func(j *Job) { j.Task.Resources.Pids = 1 }, ""},
+
+		// capabilities
+		{"cap_add by short name", func(j *Job) { j.Task.CapAdd = []string{"NET_RAW", "NET_ADMIN"} }, ""},
+		{"cap_add by kernel name", func(j *Job) { j.Task.CapAdd = []string{"CAP_NET_RAW"} }, ""},
+		{"cap_add unknown", func(j *Job) { j.Task.CapAdd = []string{"NET_RAW", "net_raw"} },
+			`task.cap_add[1]: unknown capability "net_raw": use a name such as NET_RAW or NET_ADMIN`},
+		{"cap_add once", func(j *Job) { j.Task.CapAdd = []string{"NET_RAW", "CAP_NET_RAW"} },
+			"task.cap_add[1]: CAP_NET_RAW is already listed at task.cap_add[0]"},
+		{"cap_add containerd only", func(j *Job) {
+			j.Task.Driver, j.Task.Image, j.Task.Command, j.Task.Mounts = DriverExec, "", []string{"/bin/true"}, nil
+			j.Task.CapAdd = []string{"NET_RAW"}
+		}, "task.cap_add: needs the containerd driver (exec tasks run without capabilities)"},
 
 		// ports
 		{"port name required", func(j *Job) { j.Task.Ports[1].Name = "" }, "task.ports[1].name: required"},
@@ -283,7 +300,7 @@ func TestApplyDefaultsFillsEveryOptionalField(t *testing.T) {
 		Task: Task{
 			Driver:    DriverContainerd,
 			Image:     "hello:v1",
-			Resources: Resources{CPUMillis: 100, MemoryMB: 64},
+			Resources: Resources{CPUMillis: 100, MemoryMB: 64, Pids: DefaultPids},
 			Ports:     []Port{{Name: "http", Port: 8080, Protocol: ProtocolTCP}, {Name: "dns", Port: 53, Protocol: ProtocolUDP}},
 		},
 		Service: &Service{Name: "web", Port: 80, TargetPort: "http", Strategy: StrategyRoundRobin},

@@ -88,6 +88,9 @@ const (
 	maxImageLen = 1024
 	// maxPathLen is the Linux PATH_MAX.
 	maxPathLen = 4096
+	// MaxPids is the largest process limit of one replica: the kernel's
+	// PID_MAX_LIMIT, more than any machine can run.
+	MaxPids = 4_194_304
 )
 
 // Duration is a time.Duration that travels as a Go duration string such as
@@ -210,12 +213,21 @@ type Task struct {
 	ReadOnlyRootfs bool `json:"read_only_rootfs,omitempty"`
 	// Privileged drops the default hardening; use only when needed.
 	Privileged bool `json:"privileged,omitempty"`
+	// CapAdd adds Linux capabilities to the container's default set, by
+	// name ("NET_RAW" or "CAP_NET_RAW"), containerd only. The default set
+	// is containerd's without NET_RAW: a container cannot forge packets
+	// or sniff its interface unless the job asks for it.
+	CapAdd []string `json:"cap_add,omitempty"`
 }
 
 // Resources are what one replica reserves on its node.
 type Resources struct {
 	CPUMillis int64 `json:"cpu_millis"`
 	MemoryMB  int64 `json:"memory_mb"`
+	// Pids caps the processes and threads the replica may have at once
+	// (its cgroup's pids.max), so a fork bomb stays inside it; default
+	// DefaultPids. Placement does not count it.
+	Pids int64 `json:"pids,omitempty"`
 }
 
 // Port is a port the task listens on inside its own network namespace.

@@ -157,6 +157,11 @@ func (j *Job) validateTask() *FieldError {
 		return fieldErr("task.resources.memory_mb", "must be > 0")
 	case res.MemoryMB > MaxMemoryMB:
 		return fieldErr("task.resources.memory_mb", "must be <= %d", MaxMemoryMB)
+	case res.Pids < 1 || res.Pids > MaxPids:
+		return fieldErr("task.resources.pids", "must be between 1 and %d (processes and threads)", MaxPids)
+	}
+	if err := validateCapAdd(t); err != nil {
+		return err
 	}
 	if len(t.Ports) > maxListLen {
 		return fieldErr("task.ports", "at most %d ports", maxListLen)
@@ -237,6 +242,53 @@ func (j *Job) validateTask() *FieldError {
 		}
 	}
 	return nil
+}
+
+// validateCapAdd checks task.cap_add: known capability names, each once,
+// and only where they mean something (an exec task runs as an
+// unprivileged user, without capabilities).
+func validateCapAdd(t *Task) *FieldError {
+	if len(t.CapAdd) == 0 {
+		return nil
+	}
+	if t.Driver != DriverContainerd {
+		return fieldErr("task.cap_add", "needs the containerd driver (exec tasks run without capabilities)")
+	}
+	if len(t.CapAdd) > len(capabilities) {
+		return fieldErr("task.cap_add", "at most %d capabilities", len(capabilities))
+	}
+	seen := map[string]int{}
+	for i, c := range t.CapAdd {
+		at := index("task.cap_add", i)
+		name := CapabilityName(c)
+		if !slices.Contains(capabilities, name) {
+			return fieldErr(at, "unknown capability %q: use a name such as NET_RAW or NET_ADMIN", clip(c, 64))
+		}
+		if k, dup := seen[name]; dup {
+			return fieldErr(at, "%s is already listed at %s", name, index("task.cap_add", k))
+		}
+		seen[name] = i
+	}
+	return nil
+}
+
+// CapabilityName is the kernel's name of a capability given as "NET_RAW"
+// or "CAP_NET_RAW": "CAP_NET_RAW". It does not check that it exists.
+func CapabilityName(s string) string {
+	return "CAP_" + strings.TrimPrefix(s, "CAP_")
+}
+
+// capabilities are the Linux capabilities, as of Linux 6.x.
+var capabilities = []string{
+	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
+	"CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
+	"CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK",
+	"CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE",
+	"CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE",
+	"CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE",
+	"CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG",
+	"CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF",
+	"CAP_CHECKPOINT_RESTORE",
 }
 
 // invalidUTF8 finds the first string in v, in field order, that is not

@@ -14,7 +14,10 @@ type Node struct {
 	Capacity Capacity          `json:"capacity"`
 	Load     Load              `json:"load"`
 	Health   string            `json:"health"`
-	PeerID   string            `json:"peer_id,omitempty"`
+	// DisabledDrivers are the task drivers the node cannot run (a cgroup
+	// controller is missing); its log and events say why.
+	DisabledDrivers []string `json:"disabled_drivers,omitempty"`
+	PeerID          string   `json:"peer_id,omitempty"`
 }
 
 // Capacity is what a node offers to placement.

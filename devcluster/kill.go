@@ -5,12 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"syscall"
 	"time"
 
-	"github.com/shoalmesh/shoal/api"
 	shoalrt "github.com/shoalmesh/shoal/runtime"
 )
 
@@ -73,11 +70,10 @@ func Kill(ctx context.Context, name, dir, node string, w io.Writer) error {
 // waitFailed waits until another node's API reports node failed, so what
 // follows a kill sees the cluster after it noticed.
 func waitFailed(ctx context.Context, plan Plan, node *NodePlan, say func(string, ...any)) error {
-	raw, err := os.ReadFile(filepath.Join(plan.Dir, "env"))
+	env, err := readEnv(plan.Dir)
 	if err != nil {
-		return fmt.Errorf("read the cluster's env file: %w", err)
+		return err
 	}
-	_, token := ParseEnvFile(string(raw))
 	var other *NodePlan
 	for i := range plan.Nodes {
 		if plan.Nodes[i].Name != node.Name {
@@ -88,7 +84,10 @@ func waitFailed(ctx context.Context, plan Plan, node *NodePlan, say func(string,
 	if other == nil {
 		return nil // a one-node cluster: nobody to notice
 	}
-	c := api.NewClient(other.APIAddr(), token, nil)
+	c, err := env.Client(other.APIAddr())
+	if err != nil {
+		return err
+	}
 	began := time.Now()
 	for {
 		nodes, err := c.Nodes(ctx)

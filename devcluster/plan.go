@@ -11,10 +11,14 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/shoalmesh/shoal/api"
+	"github.com/shoalmesh/shoal/node"
 )
 
 // BaseDir holds every cluster's directory (or, for a cluster whose --dir
@@ -197,15 +201,30 @@ func ClusterNamespace(name, ns string) (index int, ok bool) {
 	return i, true
 }
 
-// EnvFile is the content of DIR/env: what a shell sources to talk to the
-// cluster through its first node.
-func EnvFile(clusterName, addr, token string) string {
-	return fmt.Sprintf("# Shoal dev cluster %s: source this file to talk to it through node n1.\nexport SHOAL_ADDR=%s\nexport SHOAL_TOKEN=%s\n",
-		clusterName, addr, token)
+// Env is what a cluster's env file sets for the CLI.
+type Env struct {
+	// Addr is node n1's API address.
+	Addr string
+	// TokenFile is the API token's file, CACert the cluster CA's
+	// certificate: the file holds no secret itself.
+	TokenFile string
+	CACert    string
+	// Token is the token itself, as env files of clusters made before the
+	// API served HTTPS held it.
+	Token string
 }
 
-// ParseEnvFile reads SHOAL_ADDR and SHOAL_TOKEN back from an EnvFile.
-func ParseEnvFile(content string) (addr, token string) {
+// EnvFile is the content of DIR/env: what a shell sources to talk to the
+// cluster through its first node. It unsets SHOAL_TOKEN, which would
+// otherwise win over the token file (and name another cluster's token).
+func EnvFile(clusterName string, e Env) string {
+	return fmt.Sprintf("# Shoal dev cluster %s: source this file to talk to it through node n1.\nunset SHOAL_TOKEN\nexport SHOAL_ADDR=%s\nexport SHOAL_TOKEN_FILE=%s\nexport SHOAL_CACERT=%s\n",
+		clusterName, e.Addr, e.TokenFile, e.CACert)
+}
+
+// ParseEnvFile reads the variables of an EnvFile back.
+func ParseEnvFile(content string) Env {
+	var e Env
 	for _, line := range strings.Split(content, "\n") {
 		k, v, ok := strings.Cut(strings.TrimPrefix(strings.TrimSpace(line), "export "), "=")
 		if !ok {
@@ -213,12 +232,46 @@ func ParseEnvFile(content string) (addr, token string) {
 		}
 		switch k {
 		case "SHOAL_ADDR":
-			addr = v
+			e.Addr = v
 		case "SHOAL_TOKEN":
-			token = v
+			e.Token = v
+		case "SHOAL_TOKEN_FILE":
+			e.TokenFile = v
+		case "SHOAL_CACERT":
+			e.CACert = v
 		}
 	}
-	return addr, token
+	return e
+}
+
+// Client returns a client of the API at addr with the env file's token
+// and CA.
+func (e Env) Client(addr string) (*api.Client, error) {
+	o := api.ClientOptions{Token: e.Token}
+	if e.TokenFile != "" {
+		tok, err := node.ReadSecretFile(e.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("the cluster's API token: %w", err)
+		}
+		o.Token = tok
+	}
+	if e.CACert != "" {
+		pool, err := api.LoadCACert(e.CACert)
+		if err != nil {
+			return nil, fmt.Errorf("the cluster's CA: %w", err)
+		}
+		o.RootCAs = pool
+	}
+	return api.NewClientWithOptions(addr, o), nil
+}
+
+// readEnv reads the env file of the cluster in dir.
+func readEnv(dir string) (Env, error) {
+	raw, err := os.ReadFile(filepath.Join(dir, "env"))
+	if err != nil {
+		return Env{}, fmt.Errorf("read the cluster's env file: %w", err)
+	}
+	return ParseEnvFile(string(raw)), nil
 }
 
 // overlappingRoute returns the first route of `ip -j route show table

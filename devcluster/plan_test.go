@@ -144,36 +144,32 @@ func TestClusterNamespaceMatchesOnlyThatClustersHubAndNodes(t *testing.T) {
 	}
 }
 
-func TestEnvFileExportsAddressAndTokenAndReadsBack(t *testing.T) {
-	content := EnvFile("dev", "10.98.0.11:7700", "tok_en-123")
-	for _, line := range []string{"export SHOAL_ADDR=10.98.0.11:7700\n", "export SHOAL_TOKEN=tok_en-123\n"} {
+func TestEnvFileNamesTheCredentialFilesAndReadsBack(t *testing.T) {
+	want := Env{Addr: "10.98.0.11:7700", TokenFile: "/var/lib/shoal-dev/dev/api.token", CACert: "/var/lib/shoal-dev/dev/ca.pem"}
+	content := EnvFile("dev", want)
+	for _, line := range []string{
+		"export SHOAL_ADDR=10.98.0.11:7700\n",
+		"export SHOAL_TOKEN_FILE=/var/lib/shoal-dev/dev/api.token\n",
+		"export SHOAL_CACERT=/var/lib/shoal-dev/dev/ca.pem\n",
+		// A token left in the shell would win over the file.
+		"unset SHOAL_TOKEN\n",
+	} {
 		if !strings.Contains(content, line) {
 			t.Errorf("env file lacks %q:\n%s", line, content)
 		}
 	}
 	for _, line := range strings.Split(strings.TrimSpace(content), "\n") {
-		if !strings.HasPrefix(line, "export ") && !strings.HasPrefix(line, "#") {
-			t.Errorf("env file line %q is neither an export nor a comment", line)
+		if !strings.HasPrefix(line, "export ") && !strings.HasPrefix(line, "unset ") && !strings.HasPrefix(line, "#") {
+			t.Errorf("env file line %q is neither an export, an unset nor a comment", line)
 		}
 	}
-	addr, token := ParseEnvFile(content)
-	if addr != "10.98.0.11:7700" || token != "tok_en-123" {
-		t.Errorf("ParseEnvFile = %q, %q", addr, token)
+	if got := ParseEnvFile(content); got != want {
+		t.Errorf("ParseEnvFile = %+v, want %+v", got, want)
 	}
-}
-
-func TestNewSecretsMatchKeygenFormat(t *testing.T) {
-	key, token, err := newSecrets()
-	if err != nil {
-		t.Fatal(err)
-	}
-	// 32 bytes in standard base64 (44 characters, padded), 24 bytes raw URL base64 (32).
-	if len(key) != 44 || !strings.HasSuffix(key, "=") || len(token) != 32 || strings.ContainsAny(token, "+/= ") {
-		t.Errorf("key %q (%d) token %q (%d)", key, len(key), token, len(token))
-	}
-	key2, token2, _ := newSecrets()
-	if key == key2 || token == token2 {
-		t.Error("two calls returned the same secrets")
+	// An env file of a cluster made before HTTPS holds the token itself.
+	old := ParseEnvFile("export SHOAL_ADDR=10.98.0.11:7700\nexport SHOAL_TOKEN=tok_en-123\n")
+	if old.Addr != "10.98.0.11:7700" || old.Token != "tok_en-123" {
+		t.Errorf("old env file: %+v", old)
 	}
 }
 
@@ -210,7 +206,10 @@ func TestAgentArgvEntersTheNodeNamespaceAndKeepsSecretsOff(t *testing.T) {
 	}
 	first := strings.Join(agentArgv(p, p.Nodes[0], "/bin/shoal", "/s.sock", nil), " ")
 	want := "nsenter --net=/run/netns/shoal-dev-n1 -- /bin/shoal agent --name n1 --bind 10.98.0.11 --api 10.98.0.11:7700 " +
-		"--data-dir /var/lib/shoal-dev/dev/n1 --containerd /s.sock --containerd-namespace shoal-dev-n1"
+		"--data-dir /var/lib/shoal-dev/dev/n1 --containerd /s.sock --containerd-namespace shoal-dev-n1 " +
+		"--gossip-key-file /var/lib/shoal-dev/dev/gossip.key --api-token-file /var/lib/shoal-dev/dev/api.token " +
+		"--api-read-token-file /var/lib/shoal-dev/dev/api-read.token " +
+		"--tls-ca /var/lib/shoal-dev/dev/ca.pem --tls-ca-key /var/lib/shoal-dev/dev/ca.key"
 	if first != want {
 		t.Errorf("first agent:\n got %s\nwant %s", first, want)
 	}
@@ -223,7 +222,7 @@ func TestAgentArgvEntersTheNodeNamespaceAndKeepsSecretsOff(t *testing.T) {
 		t.Error("isAgentOf does not recognise the agent by its data directory")
 	}
 	for _, a := range second {
-		if strings.Contains(a, "gossip-key") || strings.Contains(a, "api-token") {
+		if a == "--gossip-key" || a == "--api-token" || strings.HasPrefix(a, "--gossip-key=") || strings.HasPrefix(a, "--api-token=") {
 			t.Errorf("secret flag %q on the command line", a)
 		}
 	}

@@ -14,7 +14,7 @@ import (
 const stateFile = "cluster.json"
 
 // state is what Up records for Down and Status. Secrets are not in it:
-// the token is in the env file, the gossip key in gossip.key.
+// they are in the credential files next to it (node.GenerateCredentials).
 type state struct {
 	Name   string `json:"name"`
 	Subnet string `json:"subnet"`

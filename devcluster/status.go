@@ -1,10 +1,6 @@
 package devcluster
 
-import (
-	"context"
-	"os"
-	"path/filepath"
-)
+import "context"
 
 // Status is what exists of a cluster on this machine.
 type Status struct {
@@ -24,9 +20,9 @@ type Status struct {
 	Containerd        string
 	PrivateContainerd bool
 	ContainerdServing bool
-	// Addr and Token come from the env file, for asking a node.
-	Addr, Token string
-	Image       string
+	// Env is the env file's content, for asking a node.
+	Env   Env
+	Image string
 }
 
 // AgentStatus is one node's agent process.
@@ -43,7 +39,7 @@ func (s Status) Up() bool {
 }
 
 // GetStatus looks at what exists of cluster name. It changes nothing and
-// needs root only to read the token in the env file.
+// needs root only to read the env file and the token file it names.
 func GetStatus(ctx context.Context, name, dir string) (Status, error) {
 	if err := ValidateName(name); err != nil {
 		return Status{}, err
@@ -79,8 +75,8 @@ func GetStatus(ctx context.Context, name, dir string) (Status, error) {
 	if s.Containerd != "" {
 		s.ContainerdServing = containerdServing(ctx, s.Containerd)
 	}
-	if raw, err := os.ReadFile(filepath.Join(dir, "env")); err == nil {
-		s.Addr, s.Token = ParseEnvFile(string(raw))
+	if env, err := readEnv(dir); err == nil {
+		s.Env = env
 	}
 	return s, nil
 }

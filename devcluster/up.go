@@ -2,8 +2,6 @@ package devcluster
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +14,7 @@ import (
 	"time"
 
 	"github.com/shoalmesh/shoal/api"
+	"github.com/shoalmesh/shoal/node"
 	shoalrt "github.com/shoalmesh/shoal/runtime"
 )
 
@@ -70,10 +69,11 @@ type Cluster struct {
 	// when Up started that daemon.
 	Containerd        string
 	PrivateContainerd bool
-	// EnvFile sets SHOAL_ADDR (node n1) and SHOAL_TOKEN when sourced.
+	// EnvFile sets SHOAL_ADDR (node n1), SHOAL_TOKEN_FILE and SHOAL_CACERT
+	// when sourced; Env is what it sets.
 	EnvFile string
 	Addr    string
-	Token   string
+	Env     Env
 	// Images are the names of the images loaded into every node; empty
 	// when none was.
 	Images []string
@@ -176,24 +176,25 @@ func Up(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 		return nil, err
 	}
 
-	key, token, err := newSecrets()
+	// The same credentials as `shoal keygen --dir`, in the cluster
+	// directory: the agents get them as files, never on a command line.
+	creds, err := node.GenerateCredentials(plan.Dir, false, time.Now())
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("generate the cluster's credentials: %w", err)
 	}
+	say("credentials: %s (gossip key, API tokens, cluster CA); the API serves HTTPS", plan.Dir)
 	envPath := filepath.Join(plan.Dir, "env")
 	addr := plan.Nodes[0].APIAddr()
-	if err := writeFileAtomic(envPath, []byte(EnvFile(plan.Name, addr, token)), 0o600); err != nil {
-		return nil, err
-	}
-	// Kept for restarting an agent by hand; the env file has the token.
-	if err := writeFileAtomic(filepath.Join(plan.Dir, "gossip.key"), []byte(key+"\n"), 0o600); err != nil {
+	env := Env{Addr: addr, TokenFile: creds.Path(node.APITokenFile), CACert: creds.Path(node.CACertFile)}
+	// 0600 although it holds no secret: it names where they are.
+	if err := writeFileAtomic(envPath, []byte(EnvFile(plan.Name, env)), 0o600); err != nil {
 		return nil, err
 	}
 
 	say("starting %s (logs %s/n*.log)", count(len(plan.Nodes), "agent"), plan.Dir)
 	exited := map[string]<-chan struct{}{}
 	for _, n := range plan.Nodes {
-		done, err := startAgent(plan, n, cfg, sock, key, token)
+		done, err := startAgent(plan, n, cfg, sock)
 		if err != nil {
 			return nil, err
 		}
@@ -205,13 +206,13 @@ func Up(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 		timeout = DefaultConfig().AliveTimeout
 	}
 	say("waiting for every node to see %s alive", count(len(plan.Nodes), "member"))
-	took, err := waitAlive(ctx, plan, token, exited, timeout)
+	took, err := waitAlive(ctx, plan, env, exited, timeout)
 	if err != nil {
 		return nil, err
 	}
 	say("%s alive after %s", count(len(plan.Nodes), "node"), took.Round(100*time.Millisecond))
 
-	c := &Cluster{Plan: plan, Containerd: sock, PrivateContainerd: private, EnvFile: envPath, Addr: addr, Token: token}
+	c := &Cluster{Plan: plan, Containerd: sock, PrivateContainerd: private, EnvFile: envPath, Addr: addr, Env: env}
 	archive := cfg.Image
 	if archive == "" {
 		src := cfg.SourceDir
@@ -229,7 +230,7 @@ func Up(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 	}
 	if archive != "" {
 		say("loading %s into %s", archive, count(len(plan.Nodes), "node"))
-		names, err := loadImage(ctx, plan, token, archive)
+		names, err := loadImage(ctx, plan, env, archive)
 		if err != nil {
 			return nil, err
 		}
@@ -341,23 +342,11 @@ func chooseContainerd(ctx context.Context, cfg Config, dir string, st *state, sa
 	return sock, private, nil
 }
 
-// newSecrets makes a gossip key and an API token the way `shoal keygen`
-// does: 32 random bytes (AES-256) and 24 random bytes, base64.
-func newSecrets() (key, token string, err error) {
-	k := make([]byte, 32)
-	t := make([]byte, 24)
-	if _, err := rand.Read(k); err != nil {
-		return "", "", fmt.Errorf("generate gossip key: %w", err)
-	}
-	if _, err := rand.Read(t); err != nil {
-		return "", "", fmt.Errorf("generate API token: %w", err)
-	}
-	return base64.StdEncoding.EncodeToString(k), base64.RawURLEncoding.EncodeToString(t), nil
-}
-
-// agentArgv is the command that starts node n's agent. The secrets are
-// not in it (they go in the environment, see startAgent).
+// agentArgv is the command that starts node n's agent. It names the
+// credential files in the cluster directory; a secret itself is never on
+// a command line, which every user of the machine can read.
 func agentArgv(p Plan, n NodePlan, exe, sock string, extra []string) []string {
+	cred := func(file string) string { return filepath.Join(p.Dir, file) }
 	argv := []string{
 		// nsenter, not "ip netns exec": the latter remounts /sys and hides
 		// the cgroup mounts the agent's runtime uses.
@@ -369,6 +358,11 @@ func agentArgv(p Plan, n NodePlan, exe, sock string, extra []string) []string {
 		"--data-dir", n.DataDir,
 		"--containerd", sock,
 		"--containerd-namespace", n.Namespace,
+		"--gossip-key-file", cred(node.GossipKeyFile),
+		"--api-token-file", cred(node.APITokenFile),
+		"--api-read-token-file", cred(node.APIReadTokenFile),
+		"--tls-ca", cred(node.CACertFile),
+		"--tls-ca-key", cred(node.CAKeyFile),
 	}
 	if n.Index > 1 {
 		argv = append(argv, "--join", p.Nodes[0].IP.String())
@@ -376,14 +370,9 @@ func agentArgv(p Plan, n NodePlan, exe, sock string, extra []string) []string {
 	return append(argv, extra...)
 }
 
-// startAgent starts node n's agent detached and writes its pid file. The
-// gossip key and token reach it through SHOAL_GOSSIP_KEY and
-// SHOAL_API_TOKEN, which the agent reads as its flags' defaults: a command
-// line is readable by every user of the machine, an environment only by
-// root.
-func startAgent(p Plan, n NodePlan, cfg Config, sock, key, token string) (<-chan struct{}, error) {
-	env := append(os.Environ(), "SHOAL_GOSSIP_KEY="+key, "SHOAL_API_TOKEN="+token)
-	pid, exited, err := startDetached(agentArgv(p, n, cfg.Executable, sock, cfg.AgentArgs), env, n.LogPath)
+// startAgent starts node n's agent detached and writes its pid file.
+func startAgent(p Plan, n NodePlan, cfg Config, sock string) (<-chan struct{}, error) {
+	pid, exited, err := startDetached(agentArgv(p, n, cfg.Executable, sock, cfg.AgentArgs), os.Environ(), n.LogPath)
 	if err != nil {
 		return nil, fmt.Errorf("start agent %s: %w", n.Name, err)
 	}
@@ -395,7 +384,15 @@ func startAgent(p Plan, n NodePlan, cfg Config, sock, key, token string) (<-chan
 
 // waitAlive polls every node's API until each lists every node alive. An
 // agent that exits ends the wait at once, with the end of its log.
-func waitAlive(ctx context.Context, p Plan, token string, exited map[string]<-chan struct{}, timeout time.Duration) (time.Duration, error) {
+func waitAlive(ctx context.Context, p Plan, env Env, exited map[string]<-chan struct{}, timeout time.Duration) (time.Duration, error) {
+	clients := map[string]*api.Client{}
+	for _, n := range p.Nodes {
+		c, err := env.Client(n.APIAddr())
+		if err != nil {
+			return 0, err
+		}
+		clients[n.Name] = c
+	}
 	start := time.Now()
 	deadline := start.Add(timeout)
 	want := len(p.Nodes)
@@ -409,7 +406,7 @@ func waitAlive(ctx context.Context, p Plan, token string, exited map[string]<-ch
 			default:
 			}
 			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			nodes, err := api.NewClient(n.APIAddr(), token, nil).Nodes(cctx)
+			nodes, err := clients[n.Name].Nodes(cctx)
 			cancel()
 			if err != nil {
 				seen[n.Name] = "its API does not answer: " + err.Error()
@@ -444,15 +441,19 @@ func waitAlive(ctx context.Context, p Plan, token string, exited map[string]<-ch
 
 // loadImage uploads the archive to every node (images are per node) and
 // returns the names of the images it held.
-func loadImage(ctx context.Context, p Plan, token, archive string) ([]string, error) {
+func loadImage(ctx context.Context, p Plan, env Env, archive string) ([]string, error) {
 	var names []string
 	for _, n := range p.Nodes {
+		c, err := env.Client(n.APIAddr())
+		if err != nil {
+			return nil, err
+		}
 		f, err := os.Open(archive)
 		if err != nil {
 			return nil, fmt.Errorf("load image: %w", err)
 		}
 		lctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-		imgs, err := api.NewClient(n.APIAddr(), token, nil).LoadImage(lctx, f)
+		imgs, err := c.LoadImage(lctx, f)
 		cancel()
 		f.Close()
 		if err != nil {

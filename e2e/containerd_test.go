@@ -391,8 +391,9 @@ func TestExecJobRunsWithItsLimits(t *testing.T) {
 	if got := read(cpuDir + "/cpu.cfs_quota_us"); got != "25000" {
 		t.Errorf("cpu quota = %s, want 25000 (250 millis of a 100 ms period)", got)
 	}
+	// A user of its own from the default task range, not root or nobody.
 	status := read("/proc/" + pid + "/status")
-	if !strings.Contains(status, "Uid:\t65534") {
-		t.Errorf("exec task does not run as nobody:\n%s", status)
+	if !strings.Contains(status, "Uid:\t20000") {
+		t.Errorf("exec task does not run as a user of the task range (%s):\n%s", shoalrt.DefaultTaskUIDs, status)
 	}
 }

@@ -7,7 +7,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
-	"encoding/base64"
+	"crypto/x509"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/shoalmesh/shoal/api"
+	"github.com/shoalmesh/shoal/node"
 	shoalrt "github.com/shoalmesh/shoal/runtime"
 )
 
@@ -35,11 +36,19 @@ const nsPrefix = "se2e"
 // bridge in a hub namespace. Everything is removed when the test ends,
 // also when it fails.
 type Cluster struct {
-	t      *testing.T
-	id     string
-	hub    string
-	Key    string
-	Token  string
+	t   *testing.T
+	id  string
+	hub string
+	// Creds are the cluster's credential files, made like `shoal keygen
+	// --dir` makes them; agents get them as files, never in argv. Key,
+	// Token and ReadToken are their values, for tests to compare with.
+	Creds     node.Credentials
+	Key       string
+	Token     string
+	ReadToken string
+	// CAFile is the cluster CA's certificate, which every client trusts.
+	CAFile string
+	caPool *x509.CertPool
 	Binary string
 	Nodes  []*Node
 	// dir holds the nodes' data; removed by teardown after the agents are
@@ -128,13 +137,9 @@ func run(args ...string) error {
 func NewCluster(t *testing.T) *Cluster {
 	t.Helper()
 	RequireRoot(t)
-	key := make([]byte, 32)
-	_, _ = rand.Read(key)
 	c := &Cluster{
 		t:      t,
 		id:     fmt.Sprintf("%s%d-%s", nsPrefix, os.Getpid(), randomHex(3)),
-		Key:    base64.StdEncoding.EncodeToString(key),
-		Token:  randomHex(16),
 		Binary: binary(t),
 	}
 	c.hub = c.id + "-hub"
@@ -144,6 +149,15 @@ func NewCluster(t *testing.T) *Cluster {
 	}
 	c.dir = dir
 	t.Cleanup(c.Close)
+	c.Creds, err = node.GenerateCredentials(filepath.Join(dir, "credentials"), false, time.Now())
+	if err != nil {
+		t.Fatalf("make the cluster's credentials: %v", err)
+	}
+	c.Key, c.Token, c.ReadToken = c.Creds.GossipKey, c.Creds.APIToken, c.Creds.APIReadToken
+	c.CAFile = c.Creds.Path(node.CACertFile)
+	if c.caPool, err = api.LoadCACert(c.CAFile); err != nil {
+		t.Fatal(err)
+	}
 	for _, cmd := range [][]string{
 		{"ip", "netns", "add", c.hub},
 		{"ip", "-n", c.hub, "link", "set", "lo", "up"},
@@ -162,9 +176,34 @@ func NewCluster(t *testing.T) *Cluster {
 // NodeOption changes how a node's agent is started.
 type NodeOption func(*Node)
 
-// WithArgs appends agent flags (later flags win over the defaults).
+// WithArgs appends agent flags (later flags win over the defaults). A
+// credential flag among them (--gossip-key, --api-token, ...) replaces the
+// cluster's file for that credential.
 func WithArgs(args ...string) NodeOption {
 	return func(n *Node) { n.Args = append(n.Args, args...) }
+}
+
+// credentialArgs are the flags giving an agent the cluster's credential
+// files, less those the options' own args give otherwise.
+func (c *Cluster) credentialArgs(optArgs []string) []string {
+	given := map[string]bool{}
+	for _, a := range optArgs {
+		name, _, _ := strings.Cut(a, "=")
+		given[name] = true
+	}
+	var args []string
+	for _, f := range []struct{ flag, alt, file string }{
+		{"--gossip-key-file", "--gossip-key", node.GossipKeyFile},
+		{"--api-token-file", "--api-token", node.APITokenFile},
+		{"--api-read-token-file", "", node.APIReadTokenFile},
+		{"--tls-ca", "", node.CACertFile},
+		{"--tls-ca-key", "", node.CAKeyFile},
+	} {
+		if !given[f.flag] && (f.alt == "" || !given[f.alt]) {
+			args = append(args, f.flag, c.Creds.Path(f.file))
+		}
+	}
+	return args
 }
 
 // AddNode creates a namespace wired to the bridge and starts an agent in it.
@@ -199,18 +238,23 @@ func (c *Cluster) AddNode(opts ...NodeOption) *Node {
 			c.t.Fatalf("create node %s: %v", n.Name, err)
 		}
 	}
-	n.Args = []string{
+	base := []string{
 		"agent", "--name", n.Name, "--bind", n.IP, "--data-dir", n.DataDir,
-		"--api", "127.0.0.1:7700", "--gossip-key", c.Key, "--api-token", c.Token,
+		"--api", "127.0.0.1:7700",
 		"--load-interval", "1s", "--containerd-namespace", n.TaskNamespace(),
 		"--containerd", ContainerdAddress,
 	}
+	var join []string
 	if i > 1 {
-		n.Args = append(n.Args, "--join", c.Nodes[0].IP)
+		join = []string{"--join", c.Nodes[0].IP}
 	}
 	for _, o := range opts {
 		o(n)
 	}
+	// --join stays last before the options' args: a test restarts a node
+	// without it by dropping those two.
+	optArgs := n.Args
+	n.Args = append(append(append(base, c.credentialArgs(optArgs)...), join...), optArgs...)
 	n.Start()
 	return n
 }
@@ -334,25 +378,54 @@ func (n *Node) Log() string {
 	return string(raw)
 }
 
-// Client is an API client whose connections are made inside the node's
-// namespace.
+// Client is an API client of the node's agent, over HTTPS verified with
+// the cluster CA, whose connections are made inside the node's namespace.
 func (n *Node) Client() *api.Client {
-	return api.NewClient("127.0.0.1:7700", n.c.Token, DialInNamespace(n.NS))
+	return n.ClientWithToken(n.c.Token)
+}
+
+// ClientWithToken is Client with another bearer token.
+func (n *Node) ClientWithToken(token string) *api.Client {
+	return api.NewClientWithOptions("127.0.0.1:7700", api.ClientOptions{Token: token, RootCAs: n.c.caPool, Dial: DialInNamespace(n.NS)})
 }
 
 // Exec runs a command inside the node's namespace and returns its combined
-// output.
+// output. SHOAL_CACERT is set, so the shoal CLI trusts the cluster CA.
 func (n *Node) Exec(args ...string) (string, error) {
-	out, err := exec.Command("ip", append([]string{"netns", "exec", n.NS}, args...)...).CombinedOutput()
+	cmd := exec.Command("ip", append([]string{"netns", "exec", n.NS}, args...)...)
+	cmd.Env = cliEnv("SHOAL_CACERT=" + n.c.CAFile)
+	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
 
-// Shoal runs the shoal CLI inside the node's namespace against its agent.
+// Shoal runs the shoal CLI inside the node's namespace against its agent,
+// with the cluster's token and CA given as files.
 func (n *Node) Shoal(args ...string) (string, error) {
 	cmd := exec.Command("ip", append([]string{"netns", "exec", n.NS, n.c.Binary}, args...)...)
-	cmd.Env = append(os.Environ(), "SHOAL_ADDR=127.0.0.1:7700", "SHOAL_TOKEN="+n.c.Token)
+	cmd.Env = cliEnv("SHOAL_ADDR=127.0.0.1:7700",
+		"SHOAL_TOKEN_FILE="+n.c.Creds.Path(node.APITokenFile), "SHOAL_CACERT="+n.c.CAFile)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
+}
+
+// cliEnv is the test's environment without the CLI's variables, which a
+// shell that talked to another cluster may have set, plus vars.
+func cliEnv(vars ...string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "SHOAL_ADDR=") && !strings.HasPrefix(kv, "SHOAL_TOKEN") && !strings.HasPrefix(kv, "SHOAL_CACERT=") {
+			env = append(env, kv)
+		}
+	}
+	return append(env, vars...)
+}
+
+// PID is the agent's process id (nsenter execs the agent in place).
+func (n *Node) PID() int {
+	if n.cmd == nil || n.cmd.Process == nil {
+		return 0
+	}
+	return n.cmd.Process.Pid
 }
 
 // DialInNamespace returns a dialer whose sockets are created in the named

@@ -64,7 +64,7 @@ func summary(ds []time.Duration) string {
 func metricSum(t *testing.T, n *Node, names ...string) float64 {
 	t.Helper()
 	var text strings.Builder
-	raw, err := n.Exec("curl", "-sf", "-H", "Authorization: Bearer "+n.c.Token, "http://127.0.0.1:7700/metrics")
+	raw, err := n.Exec("curl", "-sf", "--cacert", n.c.CAFile, "-H", "Authorization: Bearer "+n.c.Token, "https://127.0.0.1:7700/metrics")
 	if err != nil {
 		t.Fatalf("scrape %s: %v", n.Name, err)
 	}

@@ -52,6 +52,10 @@ type Cluster struct {
 	mu   sync.Mutex // guards meta
 	meta Meta
 
+	// keyring is memberlist's (nil without a gossip key); serf changes it
+	// when members rotate keys.
+	keyring *memberlist.Keyring
+
 	gen   atomic.Uint64 // bumped on every membership event
 	cache atomic.Pointer[memberCache]
 }
@@ -107,7 +111,6 @@ func NewCluster(cfg Config, meta Meta, log *slog.Logger) (*Cluster, error) {
 	mc.BindPort = cfg.GossipPort
 	mc.AdvertiseAddr = cfg.BindAddr
 	mc.AdvertisePort = cfg.GossipPort
-	mc.SecretKey = cfg.GossipKey
 	mc.ProbeInterval = cfg.ProbeInterval
 	mc.ProbeTimeout = cfg.ProbeTimeout
 	mc.SuspicionMult = cfg.SuspicionMult
@@ -129,6 +132,15 @@ func NewCluster(cfg Config, meta Meta, log *slog.Logger) (*Cluster, error) {
 	sc.ReconnectTimeout = cfg.ReconnectTimeout
 	sc.TombstoneTimeout = cfg.TombstoneTimeout
 	sc.Logger = newStdLogger(log.With("component", "serf"))
+	if cfg.GossipKey != nil {
+		// The keyring rather than SecretKey, which memberlist would make
+		// primary over a rotated ring.
+		kr, path, err := loadKeyring(cfg.DataDir, cfg.GossipKey, log)
+		if err != nil {
+			return nil, err
+		}
+		mc.Keyring, c.keyring, sc.KeyringFile = kr, kr, path
+	}
 
 	s, err := serf.Create(sc)
 	if err != nil {
@@ -273,7 +285,8 @@ func (c *Cluster) Members() []Member {
 		return mc.members
 	}
 	sm := c.serf.Members()
-	mc := &memberCache{gen: gen, built: time.Now(), members: make([]Member, 0, len(sm)), byPeer: make(map[string]string, len(sm))}
+	mc := &memberCache{gen: gen, built: time.Now(), members: make([]Member, 0, len(sm)),
+		byPeer: make(map[string]string, len(sm)), byName: make(map[string]int, len(sm))}
 	for _, m := range sm {
 		meta := ParseMeta(m.Tags)
 		mc.members = append(mc.members, Member{
@@ -287,6 +300,7 @@ func (c *Cluster) Members() []Member {
 		if meta.PeerID != "" {
 			mc.byPeer[meta.PeerID] = m.Name
 		}
+		mc.byName[m.Name] = len(mc.members) - 1
 	}
 	c.cache.Store(mc)
 	return mc.members
@@ -301,12 +315,27 @@ func (c *Cluster) NameOfPeer(peerID string) string {
 	return ""
 }
 
+// member returns the member named name, if serf knows it.
+func (c *Cluster) member(name string) (Member, bool) {
+	c.Members()
+	mc := c.cache.Load()
+	if mc == nil {
+		return Member{}, false
+	}
+	i, ok := mc.byName[name]
+	if !ok {
+		return Member{}, false
+	}
+	return mc.members[i], true
+}
+
 // memberCache is an immutable snapshot of the member list.
 type memberCache struct {
 	gen     uint64
 	built   time.Time
 	members []Member
 	byPeer  map[string]string
+	byName  map[string]int
 }
 
 // invalidate makes the next Members call rebuild the snapshot.

@@ -30,8 +30,10 @@ type Config struct {
 	// P2PPort is the libp2p tcp port.
 	P2PPort int
 	// GossipKey is the AES key (16, 24 or 32 bytes) for memberlist's
-	// encrypted keyring. Nil disables encryption (dev mode only). The libp2p
-	// private-network key is derived from it.
+	// encrypted keyring. Nil disables encryption (dev mode only). After a
+	// rotation the keyring saved in DataDir wins over it. The libp2p
+	// private-network key is derived from the key a node first starts with
+	// and saved in DataDir (LoadNetworkKey).
 	GossipKey []byte
 	// DataDir holds the p2p identity key and the serf snapshot.
 	DataDir string

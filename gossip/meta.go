@@ -20,6 +20,7 @@ const (
 	tagRepMem   = "rm"
 	tagHealth   = "h"
 	tagOverlay  = "ov"
+	tagDisabled = "dd"
 	labelPrefix = "l."
 	HealthOK    = "ok"
 	HealthDrain = "draining"
@@ -53,6 +54,9 @@ type Meta struct {
 	Load     Load
 	Health   string
 	Labels   map[string]string
+	// Disabled names the task drivers this node cannot run (a cgroup
+	// controller is missing); the reasons are in its log and events.
+	Disabled []string
 	// Overlay is the node's overlay advert (subnet, claim time, VTEP MAC),
 	// opaque here; the overlay package encodes it.
 	Overlay string
@@ -75,6 +79,9 @@ func (m Meta) Tags() map[string]string {
 	if m.Overlay != "" {
 		t[tagOverlay] = m.Overlay
 	}
+	if len(m.Disabled) > 0 {
+		t[tagDisabled] = strings.Join(m.Disabled, ",")
+	}
 	for k, v := range m.Labels {
 		t[labelPrefix+k] = v
 	}
@@ -88,6 +95,9 @@ func ParseMeta(tags map[string]string) Meta {
 		PeerID:  tags[tagPeerID],
 		Health:  tags[tagHealth],
 		Overlay: tags[tagOverlay],
+	}
+	if d := tags[tagDisabled]; d != "" {
+		m.Disabled = strings.Split(d, ",")
 	}
 	m.P2PPort, _ = strconv.Atoi(tags[tagP2PPort])
 	m.Capacity.CPUMillis, _ = strconv.ParseInt(tags[tagCPU], 10, 64)

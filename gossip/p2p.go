@@ -1,9 +1,11 @@
 package gossip
 
 import (
+	"bytes"
 	"context"
 	"crypto/hkdf"
 	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/libp2p/go-libp2p"
@@ -33,10 +36,16 @@ import (
 // nodes share the private-network key and can open streams.
 const ProtocolPing = protocol.ID("/shoal/ping/1.0.0")
 
-const identityFile = "p2p.key"
+const (
+	identityFile = "p2p.key"
+	// networkKeyFile keeps the private-network key a node first derived,
+	// so that it outlives a rotation of the gossip key it came from.
+	networkKeyFile = "p2p.psk"
+)
 
 // Host is this node's libp2p endpoint: TCP + Noise + yamux, inside a
-// private network whose key is derived from the gossip key.
+// private network whose key is derived from the gossip key the node first
+// started with (see LoadNetworkKey).
 type Host struct {
 	h   host.Host
 	log *slog.Logger
@@ -53,6 +62,45 @@ func DerivePSK(gossipKey []byte) (pnet.PSK, error) {
 		return nil, fmt.Errorf("derive p2p network key: %w", err)
 	}
 	return pnet.PSK(k), nil
+}
+
+// LoadNetworkKey returns the libp2p private-network key: the one saved in
+// dataDir, or, on a node's first start, the one derived from gossipKey,
+// which is then saved there. Every node must hold the same key. The gossip
+// key can be rotated in a running cluster (serf's keyring), the network
+// key cannot: a libp2p host accepts exactly one. So it stays what the
+// cluster's first key made it, and a node added after a rotation is given
+// a copy of the file (see the README). Without a gossip key (dev mode)
+// there is no private network.
+func LoadNetworkKey(dataDir string, gossipKey []byte, log *slog.Logger) (pnet.PSK, error) {
+	if len(gossipKey) == 0 {
+		return nil, nil
+	}
+	derived, err := DerivePSK(gossipKey)
+	if err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dataDir, networkKeyFile)
+	raw, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		enc := base64.StdEncoding.EncodeToString(derived) + "\n"
+		if err := writeFileAtomic(path, []byte(enc), 0o600); err != nil {
+			return nil, fmt.Errorf("save p2p network key: %w", err)
+		}
+		return derived, nil
+	case err != nil:
+		return nil, fmt.Errorf("read p2p network key: %w", err)
+	}
+	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(raw)))
+	if err != nil || len(key) != 32 {
+		return nil, fmt.Errorf("p2p network key %s: want 32 bytes in base64", path)
+	}
+	if !bytes.Equal(key, derived) {
+		log.Info("p2p network key comes from the gossip key this node first started with, not the configured one (expected after a key rotation)",
+			"file", path)
+	}
+	return pnet.PSK(key), nil
 }
 
 // LoadIdentity reads the node's libp2p key from dataDir, creating it on
@@ -122,7 +170,7 @@ func NewHost(cfg Config, log *slog.Logger) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
-	psk, err := DerivePSK(cfg.GossipKey)
+	psk, err := LoadNetworkKey(cfg.DataDir, cfg.GossipKey, log)
 	if err != nil {
 		return nil, err
 	}

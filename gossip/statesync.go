@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/shoalmesh/shoal/state"
@@ -38,16 +39,17 @@ const (
 	MaxFrame = 4 << 20
 	// chunkTarget is the size records are batched to before a new frame.
 	chunkTarget = 1 << 20
-	// maxSyncRecords bounds how many records one anti-entropy exchange
-	// accepts, so a hostile peer cannot exhaust memory.
-	maxSyncRecords = 1 << 20
-	// maxSyncBytes bounds the bytes of records one exchange accepts.
-	maxSyncBytes = 256 << 20
-	inSync       = 0x00
+	inSync      = 0x00
 	// futureWarnEvery spaces out warnings about records skipped for being
 	// too far ahead of the local clock: a peer holding one offers it again
 	// on every anti-entropy exchange.
 	futureWarnEvery = time.Minute
+	// dropWarnEvery spaces out warnings about records dropped from one
+	// peer: anti-entropy offers a dropped record again every round.
+	dropWarnEvery = time.Minute
+	// maxDropLogPeers bounds the per-peer warning clocks; past it they are
+	// forgotten at once (a peer can make up new ids).
+	maxDropLogPeers = 1024
 )
 
 // ErrFrameTooLarge is returned for a frame over MaxFrame.
@@ -58,6 +60,9 @@ type SyncStore interface {
 	Apply(recs []state.Record) ([]state.Record, error)
 	Digest() state.Digest
 	BucketRecords(i int) []state.Record
+	// Wins reports whether a record would change the store, so that
+	// records it already holds are not checked again on every exchange.
+	Wins(r state.Record) bool
 }
 
 // SyncConfig tunes dissemination.
@@ -71,11 +76,57 @@ type SyncConfig struct {
 	MinFanout int
 	// Timeout bounds one push or one anti-entropy exchange.
 	Timeout time.Duration
+
+	// MaxStreams bounds the state streams (push and anti-entropy) this
+	// node serves at once, from all peers together; MaxStreamsPerPeer
+	// bounds those from one peer. An honest peer has about one push and
+	// one exchange open with a node at a time; streams over a bound are
+	// reset at once and what they carried comes again by anti-entropy.
+	// Zero means the default.
+	MaxStreams, MaxStreamsPerPeer int
+	// MaxStreamRecords and MaxStreamBytes bound the records one stream
+	// may carry, in count and in encoded bytes. Records are applied a
+	// frame (at most MaxFrame bytes) at a time, so a stream holds one
+	// frame in memory; the bounds cap the work one stream can cause. They
+	// must fit the whole store, which a new node pulls in one exchange.
+	// Zero means the default.
+	MaxStreamRecords int
+	MaxStreamBytes   int
+
+	// Accept, when set, is asked about every record a peer sends that
+	// would change the local store, before it is stored or forwarded. A
+	// record it refuses is dropped, counted in SyncStats by the reason
+	// (errors wrapping ErrBadSignature or ErrUnknownSigner, else invalid)
+	// and logged at most once a minute per peer; the rest of the batch is
+	// applied. The node validates records here as it validates API input.
+	Accept func(state.Record) error
 }
 
 // DefaultSyncConfig returns the defaults.
 func DefaultSyncConfig() SyncConfig {
-	return SyncConfig{AntiEntropyInterval: 2 * time.Second, MinFanout: 3, Timeout: 10 * time.Second}
+	return SyncConfig{
+		AntiEntropyInterval: 2 * time.Second, MinFanout: 3, Timeout: 10 * time.Second,
+		MaxStreams: 64, MaxStreamsPerPeer: 4,
+		MaxStreamRecords: 1 << 20, MaxStreamBytes: 256 << 20,
+	}
+}
+
+// withDefaults fills the limits left zero.
+func (c SyncConfig) withDefaults() SyncConfig {
+	d := DefaultSyncConfig()
+	if c.MaxStreams <= 0 {
+		c.MaxStreams = d.MaxStreams
+	}
+	if c.MaxStreamsPerPeer <= 0 {
+		c.MaxStreamsPerPeer = d.MaxStreamsPerPeer
+	}
+	if c.MaxStreamRecords <= 0 {
+		c.MaxStreamRecords = d.MaxStreamRecords
+	}
+	if c.MaxStreamBytes <= 0 {
+		c.MaxStreamBytes = d.MaxStreamBytes
+	}
+	return c
 }
 
 // SyncStats are cumulative counters, safe to read concurrently.
@@ -86,6 +137,29 @@ type SyncStats struct {
 	SyncRounds, SyncInSync, SyncFail atomic.Uint64
 	Rejected                         atomic.Uint64
 	PushFailures                     atomic.Uint64
+	// Records from peers that SyncConfig.Accept refused, by reason: a
+	// record offered again is counted again.
+	RecordsInvalid, RecordsBadSignature, RecordsUnknownSigner atomic.Uint64
+	// StreamsRefused counts inbound state streams reset for going over
+	// SyncConfig.MaxStreams or MaxStreamsPerPeer.
+	StreamsRefused atomic.Uint64
+}
+
+// Drop reasons, as Dropped reports them (a metrics label).
+const (
+	DropInvalid       = "invalid"
+	DropBadSignature  = "signature"
+	DropUnknownSigner = "unknown_signer"
+)
+
+// Dropped returns the records dropped so far by reason, for a counter
+// such as shoal_state_records_dropped_total{reason}.
+func (s *SyncStats) Dropped() map[string]uint64 {
+	return map[string]uint64{
+		DropInvalid:       s.RecordsInvalid.Load(),
+		DropBadSignature:  s.RecordsBadSignature.Load(),
+		DropUnknownSigner: s.RecordsUnknownSigner.Load(),
+	}
 }
 
 // StateSync moves state records between nodes over libp2p streams.
@@ -107,6 +181,45 @@ type StateSync struct {
 	// lastFutureWarn is when (Unix nanoseconds) skipped future records were
 	// last logged at warning level.
 	lastFutureWarn atomic.Int64
+	// limits bounds the streams served at once.
+	limits streamLimits
+	// dropMu guards dropWarned: when records dropped from each peer were
+	// last logged at warning level.
+	dropMu     sync.Mutex
+	dropWarned map[string]time.Time
+}
+
+// streamLimits counts the inbound state streams open, in total and per
+// peer.
+type streamLimits struct {
+	mu      sync.Mutex
+	total   int
+	perPeer map[peer.ID]int
+}
+
+// acquire takes a slot for a stream from p, or reports false when a bound
+// is reached.
+func (l *streamLimits) acquire(p peer.ID, maxTotal, maxPeer int) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.total >= maxTotal || l.perPeer[p] >= maxPeer {
+		return false
+	}
+	if l.perPeer == nil {
+		l.perPeer = map[peer.ID]int{}
+	}
+	l.total++
+	l.perPeer[p]++
+	return true
+}
+
+func (l *streamLimits) release(p peer.ID) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.total--
+	if l.perPeer[p]--; l.perPeer[p] <= 0 {
+		delete(l.perPeer, p)
+	}
 }
 
 type pushItem struct {
@@ -118,9 +231,10 @@ type pushItem struct {
 // pushing and anti-entropy.
 func NewStateSync(cfg SyncConfig, host *Host, cluster *Cluster, store SyncStore, onChange func([]state.Record), log *slog.Logger) *StateSync {
 	s := &StateSync{
-		cfg: cfg, host: host, cluster: cluster, store: store, log: log,
-		onChange: onChange,
-		queue:    make(chan pushItem, 1024),
+		cfg: cfg.withDefaults(), host: host, cluster: cluster, store: store, log: log,
+		onChange:   onChange,
+		queue:      make(chan pushItem, 1024),
+		dropWarned: map[string]time.Time{},
 	}
 	host.Handle(ProtocolStatePush, s.servePush)
 	host.Handle(ProtocolStateSync, s.serveSync)
@@ -285,16 +399,23 @@ func (s *StateSync) push(ctx context.Context, m Member, recs []state.Record) err
 
 func (s *StateSync) servePush(st network.Stream) {
 	defer st.Close()
+	if !s.admit(st, "push") {
+		return
+	}
+	defer s.limits.release(st.Conn().RemotePeer())
 	_ = st.SetDeadline(time.Now().Add(s.cfg.Timeout))
 	from := s.memberName(st)
 	r := bufio.NewReader(&countingReader{r: st, n: &s.stats.BytesReceived})
-	recs, err := readRecordFrames(r, maxSyncRecords)
+	var changed []state.Record
+	err := s.readRecordFrames(r, func(recs []state.Record) {
+		changed = append(changed, s.apply(from, recs)...)
+	})
 	if err != nil {
+		// What came before the bad frame was valid and stays applied.
 		s.reject(st, "push", from, err)
 		return
 	}
 	s.stats.PushesReceived.Add(1)
-	changed := s.apply(from, recs)
 	if len(changed) > 0 {
 		// Forward only what was new here: each node relays a version once.
 		select {
@@ -304,13 +425,43 @@ func (s *StateSync) servePush(st network.Stream) {
 	}
 }
 
+// admit takes a stream slot for st's peer, or resets st when the peer or
+// the node is at its bound.
+func (s *StateSync) admit(st network.Stream, what string) bool {
+	p := st.Conn().RemotePeer()
+	if s.limits.acquire(p, s.cfg.MaxStreams, s.cfg.MaxStreamsPerPeer) {
+		return true
+	}
+	s.stats.StreamsRefused.Add(1)
+	s.log.Debug("refused state stream: too many open", "protocol", what, "peer", p.String())
+	_ = st.Reset()
+	return false
+}
+
 // apply merges records received from peer from into the store and returns
-// those that changed it.
+// those that changed it. Records the store would not take are skipped
+// before Accept sees them; those Accept refuses are dropped.
 func (s *StateSync) apply(from string, recs []state.Record) []state.Record {
 	if len(recs) == 0 {
 		return nil
 	}
-	changed, err := s.store.Apply(recs)
+	kept := recs[:0:0]
+	for _, r := range recs {
+		if !s.store.Wins(r) {
+			continue
+		}
+		if s.cfg.Accept != nil {
+			if err := s.cfg.Accept(r); err != nil {
+				s.drop(from, r, err)
+				continue
+			}
+		}
+		kept = append(kept, r)
+	}
+	if len(kept) == 0 {
+		return nil
+	}
+	changed, err := s.store.Apply(kept)
 	switch {
 	case errors.Is(err, state.ErrFutureVersion):
 		// The rest of the batch was applied. The skipped records stay out
@@ -328,6 +479,32 @@ func (s *StateSync) apply(from string, recs []state.Record) []state.Record {
 		}
 	}
 	return changed
+}
+
+// drop counts a record Accept refused and logs it, at warning level at
+// most once per dropWarnEvery per peer.
+func (s *StateSync) drop(from string, r state.Record, err error) {
+	switch {
+	case errors.Is(err, ErrBadSignature):
+		s.stats.RecordsBadSignature.Add(1)
+	case errors.Is(err, ErrUnknownSigner):
+		s.stats.RecordsUnknownSigner.Add(1)
+	default:
+		s.stats.RecordsInvalid.Add(1)
+	}
+	level := slog.LevelDebug
+	now := time.Now()
+	s.dropMu.Lock()
+	if now.Sub(s.dropWarned[from]) >= dropWarnEvery {
+		if len(s.dropWarned) >= maxDropLogPeers {
+			clear(s.dropWarned)
+		}
+		s.dropWarned[from] = now
+		level = slog.LevelWarn
+	}
+	s.dropMu.Unlock()
+	s.log.Log(context.Background(), level, "dropped a record from a peer (further drops from it are logged at debug level for a minute)",
+		"peer", from, "record", r.Key().String(), "writer", r.Version.Node, "err", err)
 }
 
 // warnFuture logs records skipped for being too far ahead, at warning level
@@ -349,9 +526,15 @@ func (s *StateSync) reject(st network.Stream, what, from string, err error) {
 	_ = st.Reset()
 }
 
-// memberName maps a stream's remote peer to a member name ("" if unknown).
+// memberName maps a stream's remote peer to a member name, or to its peer
+// id when no member publishes it (a node not yet seen, or a key holder
+// that is no member), so logs and per-peer limits tell such peers apart.
 func (s *StateSync) memberName(st network.Stream) string {
-	return s.cluster.NameOfPeer(st.Conn().RemotePeer().String())
+	id := st.Conn().RemotePeer().String()
+	if name := s.cluster.NameOfPeer(id); name != "" {
+		return name
+	}
+	return "peer:" + id
 }
 
 // SyncWith runs one push-pull anti-entropy exchange with m:
@@ -416,16 +599,15 @@ func (s *StateSync) syncInitiator(st network.Stream, peer string) error {
 	if err := w.Flush(); err != nil {
 		return err
 	}
-	recs, err := readRecordFrames(r, maxSyncRecords)
-	if err != nil {
-		return err
-	}
-	s.apply(peer, recs)
-	return nil
+	return s.readRecordFrames(r, func(recs []state.Record) { s.apply(peer, recs) })
 }
 
 func (s *StateSync) serveSync(st network.Stream) {
 	defer st.Close()
+	if !s.admit(st, "sync") {
+		return
+	}
+	defer s.limits.release(st.Conn().RemotePeer())
 	_ = st.SetDeadline(time.Now().Add(s.cfg.Timeout))
 	from := s.memberName(st)
 	w := bufio.NewWriter(&countingWriter{w: st, n: &s.stats.BytesSent})
@@ -457,15 +639,16 @@ func (s *StateSync) serveSync(st network.Stream) {
 		s.reject(st, "sync", from, err)
 		return
 	}
-	theirs, err := readRecordFrames(r, maxSyncRecords)
+	got := map[state.Key]state.Version{}
+	err = s.readRecordFrames(r, func(recs []state.Record) {
+		s.apply(from, recs)
+		for _, rec := range recs {
+			got[rec.Key()] = rec.Version
+		}
+	})
 	if err != nil {
 		s.reject(st, "sync", from, err)
 		return
-	}
-	s.apply(from, theirs)
-	got := make(map[state.Key]state.Version, len(theirs))
-	for _, rec := range theirs {
-		got[rec.Key()] = rec.Version
 	}
 	var back []state.Record
 	for _, b := range diff {
@@ -550,29 +733,35 @@ func writeRecordFrames(w io.Writer, recs []state.Record) error {
 	return writeFrame(w, nil)
 }
 
-// readRecordFrames reads record frames until the empty frame.
-func readRecordFrames(r io.Reader, limit int) ([]state.Record, error) {
-	var out []state.Record
-	total := 0
+// readRecordFrames reads record frames until the empty frame and hands
+// each frame's records to fn, so one stream holds one frame in memory. It
+// stops at the first bad frame or once the stream goes over the
+// configured record or byte bound; fn has seen the frames before it.
+func (s *StateSync) readRecordFrames(r io.Reader, fn func([]state.Record)) error {
+	return readRecordFrames(r, s.cfg.MaxStreamRecords, s.cfg.MaxStreamBytes, fn)
+}
+
+func readRecordFrames(r io.Reader, maxRecords, maxBytes int, fn func([]state.Record)) error {
+	records, total := 0, 0
 	for {
 		f, err := readFrame(r)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if len(f) == 0 {
-			return out, nil
+			return nil
 		}
-		if total += len(f); total > maxSyncBytes {
-			return nil, fmt.Errorf("more than %d bytes of records: %w", maxSyncBytes, ErrFrameTooLarge)
+		if total += len(f); total > maxBytes {
+			return fmt.Errorf("more than %d bytes of records: %w", maxBytes, ErrFrameTooLarge)
 		}
 		recs, err := state.DecodeRecords(f, MaxFrame)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		out = append(out, recs...)
-		if len(out) > limit {
-			return nil, fmt.Errorf("more than %d records: %w", limit, ErrFrameTooLarge)
+		if records += len(recs); records > maxRecords {
+			return fmt.Errorf("more than %d records: %w", maxRecords, ErrFrameTooLarge)
 		}
+		fn(recs)
 	}
 }
 

@@ -174,13 +174,17 @@ func FuzzReadRecordFrames(f *testing.F) {
 	f.Add([]byte{0, 0, 0, 0})
 	f.Add(binary.BigEndian.AppendUint32(nil, MaxFrame+1))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		recs, err := readRecordFrames(bytes.NewReader(b), 1000)
-		if err == nil {
+		n := 0
+		err := readRecordFrames(bytes.NewReader(b), 1000, 1<<20, func(recs []state.Record) {
 			for _, r := range recs {
 				if r.Validate() != nil {
 					t.Fatalf("accepted an invalid record %+v", r)
 				}
 			}
+			n += len(recs)
+		})
+		if n > 1000 {
+			t.Fatalf("handed on %d records, bound 1000 (err %v)", n, err)
 		}
 		_, _ = decodeBitmap(b)
 	})

@@ -72,7 +72,11 @@
 //     (bridge-nf-call-iptables=1): DNAT'd traffic that leaves by the bridge
 //     it came in on is then bridged, and a replica calling its own VIP
 //     needs the frame sent back out of its own port (kubelet's hairpin-veth
-//     mode). Without br_netfilter the masquerade above is enough.
+//     mode). Without br_netfilter the masquerade above is enough;
+//   - let DNAT'd traffic in: the overlay's firewall forwards packets from
+//     outside into the overlay range only when conntrack shows a DNAT
+//     ("ct status dnat"), which every VIP and node-port rule here is. A
+//     backend reached any other way (a route, a redirect) would be dropped.
 //
 // # Wiring
 //

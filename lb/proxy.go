@@ -20,6 +20,18 @@ const (
 	// DefaultUDPIdleTimeout ends a UDP session after this long without a
 	// datagram in either direction, like conntrack's UDP timeout.
 	DefaultUDPIdleTimeout = 30 * time.Second
+	// DefaultTCPIdleTimeout closes a proxied TCP connection after this
+	// long without a byte in either direction (nginx's stream proxy
+	// default), so clients that go silent do not hold sockets for ever.
+	DefaultTCPIdleTimeout = 10 * time.Minute
+	// DefaultMaxSessionsPerPort bounds the TCP connections and UDP
+	// sessions open at once through one node port: a flood of clients
+	// (or of spoofed UDP sources) costs the agent at most two sockets and
+	// two goroutines each, this many times per port, and the other node
+	// ports keep working.
+	DefaultMaxSessionsPerPort = 1024
+	// rejectLogEvery rate-limits the log line about a full node port.
+	rejectLogEvery = 10 * time.Second
 	// maxDialAttempts is the number of backends tried per connection.
 	maxDialAttempts = 3
 )
@@ -28,9 +40,16 @@ const (
 type ProxyConfig struct {
 	// Addresses the node ports listen on; empty means 0.0.0.0.
 	Addresses []netip.Addr
-	// DialTimeout, UDPIdleTimeout: see the defaults.
+	// DialTimeout, UDPIdleTimeout, TCPIdleTimeout: see the defaults.
 	DialTimeout    time.Duration
 	UDPIdleTimeout time.Duration
+	TCPIdleTimeout time.Duration
+	// MaxSessionsPerPort caps the TCP connections plus UDP sessions of
+	// one node-port socket; past it new clients are refused (a TCP
+	// connection is closed at once, a new UDP client's datagrams are
+	// dropped) and counted in ProxyStats.Rejected. 0 means
+	// DefaultMaxSessionsPerPort.
+	MaxSessionsPerPort int
 	// MaglevTableSize and HashSeed must match the nftables Config so both
 	// paths choose the same backends; defaults as there.
 	MaglevTableSize int
@@ -53,12 +72,17 @@ type ProxyStats struct {
 	UDPSessions int64
 	// DialErrors counts failed connection attempts to backends.
 	DialErrors int64
+	// Rejected counts clients refused because their node port had
+	// MaxSessionsPerPort sessions open; IdleClosed counts TCP connections
+	// closed after TCPIdleTimeout without traffic.
+	Rejected, IdleClosed int64
 }
 
 // Proxy forwards node ports in userspace, for nodes where nftables cannot
 // be used. It listens on every service's node port and relays each TCP
 // connection, or each UDP client's datagrams, to a backend chosen with the
-// service's strategy.
+// service's strategy. Node ports face the world, so each one serves at
+// most MaxSessionsPerPort clients at once and drops those that go idle.
 type Proxy struct {
 	cfg   ProxyConfig
 	socks *sockets
@@ -73,6 +97,8 @@ type Proxy struct {
 	tcpTotal    atomic.Int64
 	udpSessions atomic.Int64
 	dialErrors  atomic.Int64
+	rejected    atomic.Int64
+	idleClosed  atomic.Int64
 }
 
 type listenKey struct {
@@ -88,6 +114,12 @@ type listener struct {
 	tcp    net.Listener
 	udp    *net.UDPConn
 
+	// active counts the socket's TCP connections and UDP sessions, for
+	// MaxSessionsPerPort.
+	active atomic.Int64
+	// lastRejectLog is when a refusal was last logged (unix nanoseconds).
+	lastRejectLog atomic.Int64
+
 	mu       sync.Mutex
 	sessions map[netip.AddrPort]*udpSession
 }
@@ -99,6 +131,12 @@ func NewProxy(cfg ProxyConfig) (*Proxy, error) {
 	}
 	if cfg.UDPIdleTimeout <= 0 {
 		cfg.UDPIdleTimeout = DefaultUDPIdleTimeout
+	}
+	if cfg.TCPIdleTimeout <= 0 {
+		cfg.TCPIdleTimeout = DefaultTCPIdleTimeout
+	}
+	if cfg.MaxSessionsPerPort <= 0 {
+		cfg.MaxSessionsPerPort = DefaultMaxSessionsPerPort
 	}
 	if cfg.MaglevTableSize == 0 {
 		cfg.MaglevTableSize = DefaultMaglevTableSize
@@ -236,7 +274,25 @@ func (p *Proxy) Stats() ProxyStats {
 		TCPTotal:    p.tcpTotal.Load(),
 		UDPSessions: p.udpSessions.Load(),
 		DialErrors:  p.dialErrors.Load(),
+		Rejected:    p.rejected.Load(),
+		IdleClosed:  p.idleClosed.Load(),
 	}
+}
+
+// admit takes one of the listener's session slots; false means the port is
+// full and the client is refused.
+func (p *Proxy) admit(l *listener, client string) bool {
+	if l.active.Add(1) <= int64(p.cfg.MaxSessionsPerPort) {
+		return true
+	}
+	l.active.Add(-1)
+	p.rejected.Add(1)
+	now := time.Now().UnixNano()
+	if last := l.lastRejectLog.Load(); now-last >= int64(rejectLogEvery) && l.lastRejectLog.CompareAndSwap(last, now) {
+		p.logf("proxy %s: %d sessions open on %s/%s, the most allowed: refusing new clients such as %s",
+			l.name(), p.cfg.MaxSessionsPerPort, l.key.proto, l.key.addr, client)
+	}
+	return false
 }
 
 // Close stops every listener, ends every proxied connection and session,
@@ -343,6 +399,10 @@ func (p *Proxy) serveTCP(l *listener) {
 			continue
 		}
 		backoff = 0
+		if !p.admit(l, c.RemoteAddr().String()) {
+			c.Close()
+			continue
+		}
 		p.wg.Add(1)
 		go p.relayTCP(l, c)
 	}
@@ -350,9 +410,12 @@ func (p *Proxy) serveTCP(l *listener) {
 
 // relayTCP copies both ways between a client and its backend. Each
 // direction half-closes the other side when it ends, so protocols that
-// shut down writing and then read keep working.
+// shut down writing and then read keep working. A connection without
+// traffic either way for TCPIdleTimeout is closed. It gives back the
+// session slot admit took.
 func (p *Proxy) relayTCP(l *listener, client net.Conn) {
 	defer p.wg.Done()
+	defer l.active.Add(-1)
 	defer client.Close()
 	if !p.track(client) {
 		return
@@ -373,24 +436,80 @@ func (p *Proxy) relayTCP(l *listener, client net.Conn) {
 	p.tcpActive.Add(1)
 	defer p.tcpActive.Add(-1)
 
+	s := &tcpSession{client: client, backend: backend, idle: p.cfg.TCPIdleTimeout}
+	s.touch()
 	done := make(chan struct{})
 	go func() {
-		copyHalf(backend, client)
+		s.copyHalf(backend, client)
 		close(done)
 	}()
-	copyHalf(client, backend)
+	s.copyHalf(client, backend)
 	<-done
+	if s.timedOut.Load() {
+		p.idleClosed.Add(1)
+	}
+}
+
+// tcpSession is one proxied connection: both sockets and when a byte last
+// went through either way.
+type tcpSession struct {
+	client, backend net.Conn
+	idle            time.Duration
+	last            atomic.Int64 // unix nanoseconds
+	timedOut        atomic.Bool
+}
+
+func (s *tcpSession) touch() { s.last.Store(time.Now().UnixNano()) }
+
+// expire closes both sockets, which ends both directions.
+func (s *tcpSession) expire() {
+	s.timedOut.Store(true)
+	s.client.Close()
+	s.backend.Close()
 }
 
 // copyHalf copies src to dst, then closes dst for writing (or entirely,
-// if it cannot half-close).
-func copyHalf(dst, src net.Conn) {
-	_, _ = io.Copy(dst, src)
+// if it cannot half-close). Reads and writes time out after the idle
+// time: the session ends once neither direction has moved for that long,
+// or when dst stops reading for that long.
+func (s *tcpSession) copyHalf(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		_ = src.SetReadDeadline(time.Now().Add(s.idle))
+		n, err := src.Read(buf)
+		if n > 0 {
+			s.touch()
+			_ = dst.SetWriteDeadline(time.Now().Add(s.idle))
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				if isTimeout(werr) {
+					s.expire()
+				}
+				return
+			}
+			s.touch()
+		}
+		if err == nil {
+			continue
+		}
+		if isTimeout(err) {
+			if time.Since(time.Unix(0, s.last.Load())) < s.idle {
+				continue // the other direction is busy
+			}
+			s.expire()
+			return
+		}
+		break // EOF, or closed by the other direction or Close
+	}
 	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 		_ = cw.CloseWrite()
 	} else {
 		_ = dst.Close()
 	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 func addrOf(a net.Addr) netip.Addr {
@@ -437,7 +556,8 @@ func (p *Proxy) serveUDP(l *listener) {
 	}
 }
 
-// udpSession returns the client's session, starting one if needed.
+// udpSession returns the client's session, starting one if needed and
+// the port has a free session slot.
 func (p *Proxy) udpSession(l *listener, client netip.AddrPort) *udpSession {
 	l.mu.Lock()
 	s := l.sessions[client]
@@ -445,12 +565,17 @@ func (p *Proxy) udpSession(l *listener, client netip.AddrPort) *udpSession {
 	if s != nil {
 		return s
 	}
+	if !p.admit(l, client.String()) {
+		return nil
+	}
 	conn, err := p.dialBackend(l, "udp", client.Addr())
 	if err != nil {
+		l.active.Add(-1)
 		p.logf("proxy %s: client %s: %v", l.name(), client, err)
 		return nil
 	}
 	if !p.track(conn) {
+		l.active.Add(-1)
 		conn.Close()
 		return nil
 	}
@@ -478,6 +603,7 @@ func (p *Proxy) udpReplies(l *listener, s *udpSession) {
 		s.conn.Close()
 		p.untrack(s.conn)
 		p.udpSessions.Add(-1)
+		l.active.Add(-1)
 	}()
 	idle := p.cfg.UDPIdleTimeout
 	buf := make([]byte, 64<<10)

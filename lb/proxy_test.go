@@ -428,3 +428,126 @@ func TestProxyReportsWhatItCannotServe(t *testing.T) {
 		t.Fatalf("%d listeners, want 1", n)
 	}
 }
+
+func TestProxyCapsSessionsPerNodePort(t *testing.T) {
+	b0 := startLoopbackBackend(t, "b0")
+	port, other := freeNodePort(t), freeNodePort(t)
+	p := newTestProxy(t, ProxyConfig{MaxSessionsPerPort: 2})
+	if err := p.Update([]Service{
+		{Name: "web", Port: 80, NodePort: port, Endpoints: loopbackEndpoints(b0)},
+		{Name: "dns", Port: 53, Protocol: ProtocolUDP, NodePort: port, Endpoints: loopbackEndpoints(b0)},
+		{Name: "api", Port: 80, NodePort: other, Endpoints: loopbackEndpoints(b0)},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	var open []net.Conn
+	for range 2 {
+		c, err := net.Dial("tcp4", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		askOn(t, c)
+		open = append(open, c)
+	}
+	// The third client is accepted by the kernel and closed at once.
+	c, err := net.Dial("tcp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	_, _ = c.Write([]byte("who\n"))
+	if _, err := c.Read(make([]byte, 8)); err == nil || isTimeout(err) {
+		t.Fatalf("a client over the cap got %v, want its connection closed", err)
+	}
+	c.Close()
+	if n := p.Stats().Rejected; n != 1 {
+		t.Fatalf("Rejected = %d, want 1", n)
+	}
+	// Other node ports are not affected.
+	if got := askTCP(t, fmt.Sprintf("127.0.0.1:%d", other)); got != "b0" {
+		t.Fatalf("another node port answered %q", got)
+	}
+	// A slot freed is a slot for the next client.
+	open[0].Close()
+	proxyWaitUntil(t, 3*time.Second, func() bool { return p.Stats().TCPActive == 1 })
+	if got := askTCP(t, addr); got != "b0" {
+		t.Fatalf("after a client left, a new one got %q", got)
+	}
+
+	// UDP sessions of the same port have their own sockets and count.
+	var udp []net.Conn
+	for range 2 {
+		u, err := net.Dial("udp4", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer u.Close()
+		askUDP(t, u)
+		udp = append(udp, u)
+	}
+	u, err := net.Dial("udp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	_ = u.SetDeadline(time.Now().Add(500 * time.Millisecond))
+	_, _ = u.Write([]byte("who"))
+	if _, err := u.Read(make([]byte, 8)); err == nil {
+		t.Fatal("a third UDP client got an answer over the cap of 2")
+	}
+	if n := p.Stats().Rejected; n != 2 {
+		t.Fatalf("Rejected = %d, want 2", n)
+	}
+	if got := askUDP(t, udp[0]); got != "b0" {
+		t.Fatalf("an admitted UDP client now gets %q", got)
+	}
+}
+
+func TestProxyClosesIdleTCPConnections(t *testing.T) {
+	b0 := startLoopbackBackend(t, "b0")
+	port := freeNodePort(t)
+	const idle = 400 * time.Millisecond
+	p := newTestProxy(t, ProxyConfig{TCPIdleTimeout: idle})
+	if err := p.Update([]Service{{Name: "web", Port: 80, NodePort: port, Endpoints: loopbackEndpoints(b0)}}); err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	quiet, err := net.Dial("tcp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer quiet.Close()
+	askOn(t, quiet)
+	busy, err := net.Dial("tcp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	// The busy client talks every idle/4 for three idle periods.
+	for end := time.Now().Add(3 * idle); time.Now().Before(end); {
+		if got := askOn(t, busy); got != "b0" {
+			t.Fatalf("busy client got %q", got)
+		}
+		time.Sleep(idle / 4)
+	}
+	_ = quiet.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := quiet.Read(make([]byte, 1)); err == nil || isTimeout(err) {
+		t.Fatalf("a connection idle for %s is still open: %v", 3*idle, err)
+	}
+	if st := p.Stats(); st.IdleClosed != 1 || st.TCPActive != 1 {
+		t.Fatalf("stats %+v, want one connection closed idle and the busy one open", st)
+	}
+}
+
+// proxyWaitUntil polls cond every 10 ms until it holds or timeout passes.
+func proxyWaitUntil(t *testing.T, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in time")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

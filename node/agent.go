@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -134,17 +136,32 @@ func New(cfg Config, log *slog.Logger) (_ *Agent, err error) {
 		return nil, err
 	}
 	undo = append(undo, func() { a.cluster.Shutdown() })
-	a.sync = gossip.NewStateSync(cfg.Sync, a.host, a.cluster, a.store, a.onPeerRecords, log.With("component", "state-sync"))
-	a.records = records{store: a.store, pub: a.sync}
+	// Records from peers are checked like API input (peerrecords.go).
+	syncCfg := cfg.Sync
+	syncCfg.Accept = peerCheck{verify: a.cluster.VerifyRecord, keys: a.cluster.Keys}.accept
+	a.sync = gossip.NewStateSync(syncCfg, a.host, a.cluster, a.store, a.onPeerRecords, log.With("component", "state-sync"))
+	a.records = records{store: a.store, pub: a.sync, sign: a.host.Sign}
+	if err := a.records.signUnsigned(cfg.Gossip.NodeName); err != nil {
+		return nil, err
+	}
+	// A host without a cgroup controller a driver needs runs without that
+	// driver rather than not at all: its replicas fail with the reason,
+	// which the log, the events and `shoal nodes` show.
+	disabled := map[string]string{}
 	execDriver, err := runtime.NewExec(runtime.ExecConfig{
 		StateDir:  filepath.Join(cfg.Gossip.DataDir, "tasks"),
 		Namespace: cfg.ContainerdNamespace,
+		TaskUIDs:  cfg.TaskUIDs,
 		Log:       log.With("component", "exec"),
 	})
-	if err != nil {
+	switch {
+	case errors.Is(err, runtime.ErrCgroupsUnavailable):
+		disabled[runtime.DriverExec], execDriver = err.Error(), nil
+	case err != nil:
 		return nil, fmt.Errorf("start exec driver: %w", err)
+	default:
+		undo = append(undo, func() { execDriver.Close() })
 	}
-	undo = append(undo, func() { execDriver.Close() })
 	a.containerd, err = runtime.NewContainerd(runtime.ContainerdConfig{
 		Address:     cfg.Containerd,
 		Namespace:   cfg.ContainerdNamespace,
@@ -156,11 +173,26 @@ func New(cfg Config, log *slog.Logger) (_ *Agent, err error) {
 			a.events.add(kind, job, replica, msg)
 		},
 	})
-	if err != nil {
+	switch {
+	case errors.Is(err, runtime.ErrCgroupsUnavailable):
+		disabled[runtime.DriverContainerd], a.containerd = err.Error(), nil
+	case err != nil:
 		return nil, fmt.Errorf("start containerd driver: %w", err)
+	default:
+		undo = append(undo, func() { a.containerd.Close() })
 	}
-	undo = append(undo, func() { a.containerd.Close() })
 	a.tasks = runtime.NewRouter(map[string]runtime.Driver{runtime.DriverExec: execDriver, runtime.DriverContainerd: a.containerd})
+	for name, reason := range disabled {
+		a.tasks.Disable(name, reason)
+		log.Error("driver disabled on this node", "driver", name, "reason", reason)
+		a.events.add("driver-disabled", "", -1, name+": "+reason)
+	}
+	if len(disabled) > 0 {
+		names := slices.Sorted(maps.Keys(disabled))
+		if err := a.cluster.UpdateMeta(func(m *gossip.Meta) { m.Disabled = names }); err != nil {
+			return nil, fmt.Errorf("announce disabled drivers: %w", err)
+		}
+	}
 	a.host.Handle(protocolLogs, a.serveLogs)
 	a.metrics = newMetrics(a.cluster, a.sync, a.store)
 	deps := reconcileDeps{
@@ -190,17 +222,12 @@ func New(cfg Config, log *slog.Logger) (_ *Agent, err error) {
 	}
 	a.metrics.reg.MustRegister(&replicaCollector{a: a})
 
-	a.ln, err = net.Listen("tcp", cfg.APIAddr)
+	a.ln, a.server, err = a.newAPIServer()
 	if err != nil {
-		return nil, fmt.Errorf("listen for API on %s: %w", cfg.APIAddr, err)
-	}
-	a.server = &http.Server{
-		Handler:           a.routes(),
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		return nil, err
 	}
 	log.Info("agent started", "node", cfg.Gossip.NodeName, "gossip", net.JoinHostPort(cfg.Gossip.BindAddr, fmt.Sprint(cfg.Gossip.GossipPort)),
-		"p2p_peer", a.host.ID(), "api", a.ln.Addr().String(), "dev", cfg.Dev, "encrypted", cfg.Gossip.GossipKey != nil)
+		"p2p_peer", a.host.ID(), "api", a.ln.Addr().String(), "https", a.server.TLSConfig != nil, "dev", cfg.Dev, "encrypted", cfg.Gossip.GossipKey != nil)
 	return a, nil
 }
 
@@ -211,7 +238,7 @@ func (a *Agent) APIAddr() string { return a.ln.Addr().String() }
 // shuts down in reverse start order: API, membership, p2p host.
 func (a *Agent) Run(ctx context.Context) error {
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- a.server.Serve(a.ln) }()
+	go func() { serveErr <- a.serveAPI() }()
 
 	// Loops outlive ctx so a drain can still place, start and stop.
 	loopCtx, stopLoops := context.WithCancel(context.Background())

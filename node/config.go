@@ -24,6 +24,16 @@ type Config struct {
 	APIAddr string
 	// APIToken is the bearer token every call but /healthz must carry.
 	APIToken string
+	// APIReadToken, if set, is a second token that may only read: GET
+	// calls (lists, logs, events, metrics). Writes with it get 403.
+	APIReadToken string
+	// TLS makes the API serve HTTPS only, with a certificate the agent
+	// issues itself from the cluster CA.
+	TLS TLSConfig
+	// APIInsecure allows plain HTTP on an API address other than
+	// loopback, where the token would cross the network in clear: for
+	// lab networks only.
+	APIInsecure bool
 	// Dev allows running without a gossip key and API token.
 	Dev bool
 	// Labels are published in gossip for placement constraints.
@@ -61,6 +71,14 @@ type Config struct {
 	DNS bool
 	// PullTimeout bounds pulling an image a replica needs.
 	PullTimeout time.Duration
+	// TaskUIDs are the user ids exec tasks get, one per task; the zero
+	// value means runtime.DefaultTaskUIDs.
+	TaskUIDs runtime.UIDRange
+	// ProxyMaxSessions and ProxyTCPIdle bound the userspace proxy: TCP
+	// connections plus UDP sessions per node port, and how long an idle
+	// TCP connection is kept.
+	ProxyMaxSessions int
+	ProxyTCPIdle     time.Duration
 	// LogMaxBytes is the size at which a replica's log file is rotated;
 	// LogKeep rotated files are kept.
 	LogMaxBytes int64
@@ -82,16 +100,39 @@ type Config struct {
 	LeaveTimeout time.Duration
 }
 
+// TLSConfig is where the API's certificates come from. An empty CAFile
+// means plain HTTP.
+type TLSConfig struct {
+	// CAFile and CAKeyFile are the cluster CA's certificate and key in
+	// PEM (ca.pem, ca.key from `shoal keygen --dir`).
+	CAFile    string
+	CAKeyFile string
+	// ExtraNames are DNS names or IPs the certificate carries besides the
+	// node name, the bind and API addresses and localhost: a name clients
+	// use that the agent cannot know (a DNS alias, a load balancer).
+	ExtraNames []string
+	// CertLifetime is the serving certificate's life; it is replaced two
+	// thirds into it. Short, since nothing revokes it.
+	CertLifetime time.Duration
+}
+
+// Enabled reports whether the API serves HTTPS.
+func (t TLSConfig) Enabled() bool { return t.CAFile != "" }
+
 // DefaultConfig returns an agent configuration with Shoal's defaults.
 func DefaultConfig() Config {
 	return Config{
 		Gossip:              gossip.DefaultConfig(),
 		APIAddr:             DefaultAPIAddr,
+		TLS:                 TLSConfig{CertLifetime: DefaultCertLifetime},
 		JoinMaxBackoff:      30 * time.Second,
 		Containerd:          "/run/containerd/containerd.sock",
 		ContainerdNamespace: "shoal",
 		LoadInterval:        3 * time.Second,
 		PullTimeout:         runtime.DefaultPullTimeout,
+		TaskUIDs:            runtime.DefaultTaskUIDs,
+		ProxyMaxSessions:    lb.DefaultMaxSessionsPerPort,
+		ProxyTCPIdle:        lb.DefaultTCPIdleTimeout,
 		Overlay:             overlay.DefaultConfig(),
 		OverlayEnabled:      true,
 		LB:                  LBNftables,
@@ -108,18 +149,38 @@ func DefaultConfig() Config {
 }
 
 // ErrInsecure is returned when secrets are missing outside dev mode.
-var ErrInsecure = errors.New("refusing to start without --gossip-key and --api-token (generate them with `shoal keygen`, or pass --dev for a local, unauthenticated cluster)")
+var ErrInsecure = errors.New("refusing to start without a gossip key and an API token: give --gossip-key-file and --api-token-file (write them with `shoal keygen --dir DIR`), or pass --dev for a local, unauthenticated cluster")
+
+// ErrPlainAPI is returned for plain HTTP on an address other than
+// loopback, where the token would cross the network in clear.
+var ErrPlainAPI = errors.New("refusing to serve the API over plain HTTP beyond loopback: give the cluster CA (--tls-ca ca.pem --tls-ca-key ca.key, from `shoal keygen --dir`) to serve HTTPS, or --api-insecure on a lab network")
 
 // Validate reports the first problem with c.
 func (c Config) Validate() error {
 	if !c.Dev && (c.Gossip.GossipKey == nil || c.APIToken == "") {
 		return ErrInsecure
 	}
+	if c.APIReadToken != "" && c.APIToken == "" {
+		return errors.New("api read token: needs an API token too (without one the API takes every call)")
+	}
+	if c.APIReadToken != "" && c.APIReadToken == c.APIToken {
+		return errors.New("api read token: must differ from the API token")
+	}
 	if err := c.Gossip.Validate(); err != nil {
 		return err
 	}
-	if _, _, err := net.SplitHostPort(c.APIAddr); err != nil {
+	host, _, err := net.SplitHostPort(c.APIAddr)
+	if err != nil {
 		return fmt.Errorf("api address %q: want host:port: %w", c.APIAddr, err)
+	}
+	if (c.TLS.CAFile == "") != (c.TLS.CAKeyFile == "") {
+		return errors.New("tls: give both the CA certificate (--tls-ca) and its key (--tls-ca-key), or neither")
+	}
+	if c.TLS.Enabled() && c.TLS.CertLifetime < time.Hour {
+		return fmt.Errorf("tls: certificate lifetime %s: must be at least 1h", c.TLS.CertLifetime)
+	}
+	if !c.TLS.Enabled() && !c.Dev && !c.APIInsecure && !isLoopback(host) {
+		return fmt.Errorf("api address %s: %w", c.APIAddr, ErrPlainAPI)
 	}
 	if c.CPUMillis < 0 || c.MemoryMB < 0 {
 		return errors.New("capacity overrides: must be >= 0")
@@ -153,6 +214,12 @@ func (c Config) Validate() error {
 	if c.OverlayEnabled && c.ServiceCIDR.Overlaps(c.Overlay.OverlayCIDR) {
 		return fmt.Errorf("service cidr %s overlaps the overlay %s", c.ServiceCIDR, c.Overlay.OverlayCIDR)
 	}
+	if err := c.TaskUIDs.Validate(); c.TaskUIDs != (runtime.UIDRange{}) && err != nil {
+		return fmt.Errorf("task uids: %w", err)
+	}
+	if c.ProxyMaxSessions < 0 || c.ProxyTCPIdle < 0 {
+		return errors.New("proxy limits: must be >= 0")
+	}
 	if c.PullTimeout <= 0 {
 		return errors.New("pull timeout: must be > 0")
 	}
@@ -172,4 +239,14 @@ func (c Config) Validate() error {
 		return errors.New("containerd namespace: must not be empty")
 	}
 	return nil
+}
+
+// isLoopback reports whether an API host is reachable from this machine
+// only. A name other than localhost may resolve anywhere, so it is not.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsLoopback()
 }

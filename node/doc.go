@@ -53,12 +53,16 @@
 //   - joinLoop joins the seeds, catches the store up and sets synced; it
 //     closes joined once the first attempt ended, which starts the loops
 //     that act on the cluster's view.
-//   - gossip.StateSync pushes local writes and runs anti-entropy; records
-//     from peers reach onPeerRecords, which only signals the channels above.
+//   - gossip.StateSync pushes local writes and runs anti-entropy. Records
+//     from peers pass peerCheck.accept first (validated like API input;
+//     endpoint and usage records must carry their owner's signature), then
+//     reach onPeerRecords, which only signals the channels above.
 //   - gcLoop collects tombstones and the records of gone nodes and jobs
 //     every minute.
 //   - API handlers read the store; job writes take jobsMu so that a
-//     compare-and-set and its write cannot interleave.
+//     compare-and-set and its write cannot interleave. With the cluster CA
+//     the server presents a certificate the agent issued itself, renewed
+//     on a handshake once two thirds of its life have passed.
 //
 // Run starts the loops with one loopGroup and, on shutdown, stops taking
 // API writes, flushes the last writes to peers, stops the loops and waits

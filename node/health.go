@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -24,11 +25,21 @@ type healthResult struct {
 	message  string
 }
 
+// taskExecer runs a command inside a task; the runtime's Router does.
+type taskExecer interface {
+	ExecIn(ctx context.Context, id string, argv []string) ([]byte, error)
+}
+
 // prober runs one probe loop per running replica that has a health check,
-// inside the replica's network namespace. The reconcile loop starts and
-// stops loops; results are read under mu.
+// inside the replica's network namespace; exec checks run inside the
+// replica itself (its container, or its exec task's user, namespaces and
+// cgroup). The reconcile loop starts and stops loops; results are read
+// under mu.
 type prober struct {
 	changed chan<- struct{}
+	// exec runs exec checks; nil (fakes in tests) runs them in the
+	// replica's network namespace only, as nobody.
+	exec taskExecer
 	// onFlip is told of every change of a verdict (for events).
 	onFlip func(id string, healthy bool, message string)
 
@@ -42,8 +53,8 @@ type probeLoop struct {
 	cancel context.CancelFunc
 }
 
-func newProber(changed chan<- struct{}, onFlip func(id string, healthy bool, message string)) *prober {
-	return &prober{changed: changed, onFlip: onFlip, results: map[string]healthResult{}, loops: map[string]probeLoop{}}
+func newProber(changed chan<- struct{}, exec taskExecer, onFlip func(id string, healthy bool, message string)) *prober {
+	return &prober{changed: changed, exec: exec, onFlip: onFlip, results: map[string]healthResult{}, loops: map[string]probeLoop{}}
 }
 
 // ensure runs a probe loop for task t if the job has a health check.
@@ -117,7 +128,7 @@ func (p *prober) loop(ctx context.Context, id, nsPath string, hc api.HealthCheck
 	defer t.Stop()
 	for {
 		pctx, cancel := context.WithTimeout(ctx, timeout)
-		err := probe(pctx, nsPath, hc)
+		err := p.probe(pctx, id, nsPath, hc)
 		cancel()
 		if ctx.Err() != nil {
 			return
@@ -161,8 +172,9 @@ func (p *prober) record(id string, err error, threshold int) {
 	}
 }
 
-// probe runs one check inside the task's network namespace.
-func probe(ctx context.Context, nsPath string, hc api.HealthCheck) error {
+// probe runs one check: HTTP and TCP from inside the task's network
+// namespace, exec inside the task.
+func (p *prober) probe(ctx context.Context, id, nsPath string, hc api.HealthCheck) error {
 	switch {
 	case hc.TCP != nil:
 		conn, err := runtime.DialInNetNS(ctx, nsPath, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(hc.TCP.Port)))
@@ -197,12 +209,18 @@ func probe(ctx context.Context, nsPath string, hc api.HealthCheck) error {
 		}
 		return nil
 	case len(hc.Exec) > 0:
-		out, err := runtime.RunInNetNS(ctx, nsPath, hc.Exec, runtime.Credential{UID: 65534, GID: 65534})
+		var out []byte
+		var err error
+		if p.exec != nil {
+			out, err = p.exec.ExecIn(ctx, id, hc.Exec)
+		} else {
+			out, err = runtime.RunInNetNS(ctx, nsPath, hc.Exec, runtime.Credential{UID: 65534, GID: 65534})
+		}
 		if err != nil {
 			if len(out) > 200 {
 				out = out[:200]
 			}
-			return fmt.Errorf("exec %v: %w: %s", hc.Exec, err, out)
+			return fmt.Errorf("exec %v: %w: %s", hc.Exec, err, bytes.TrimSpace(out))
 		}
 		return nil
 	}

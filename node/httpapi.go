@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"sort"
 	"strings"
@@ -20,6 +22,62 @@ import (
 const (
 	maxSmallBody = 64 << 10
 )
+
+// Limits of the API's HTTP server. Reads and writes are bounded so a slow
+// or stalled client cannot hold a connection and a goroutine forever; the
+// routes that stream (a followed log) or upload (an image) lift them for
+// their own request once the caller is authenticated (longRunning).
+const (
+	apiReadHeaderTimeout = 10 * time.Second
+	apiReadTimeout       = 30 * time.Second
+	apiWriteTimeout      = 2 * time.Minute
+	apiIdleTimeout       = 2 * time.Minute
+	apiMaxHeaderBytes    = 64 << 10
+)
+
+// newAPIServer listens on the API address and builds the server: HTTPS
+// with a certificate issued from the cluster CA when one is configured,
+// plain HTTP otherwise (Validate allows that on loopback, in dev mode or
+// with APIInsecure only).
+func (a *Agent) newAPIServer() (net.Listener, *http.Server, error) {
+	srv := &http.Server{
+		Handler:           a.routes(),
+		ReadHeaderTimeout: apiReadHeaderTimeout,
+		ReadTimeout:       apiReadTimeout,
+		WriteTimeout:      apiWriteTimeout,
+		IdleTimeout:       apiIdleTimeout,
+		MaxHeaderBytes:    apiMaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+	}
+	if a.cfg.TLS.Enabled() {
+		ca, err := LoadCA(a.cfg.TLS.CAFile, a.cfg.TLS.CAKeyFile)
+		if err != nil {
+			return nil, nil, fmt.Errorf("api tls: %w", err)
+		}
+		names := servingNames(a.cfg.Gossip.NodeName, a.cfg.Gossip.BindAddr, a.cfg.APIAddr, a.cfg.TLS.ExtraNames)
+		certs, err := newCertSource(ca, names, a.cfg.TLS.CertLifetime, time.Now, a.log.With("component", "api-tls"))
+		if err != nil {
+			return nil, nil, fmt.Errorf("api tls: issue the serving certificate: %w", err)
+		}
+		srv.TLSConfig = certs.tlsConfig()
+		a.log.Info("api serves https", "names", names, "expires", certs.cert.Leaf.NotAfter.UTC().Format(time.RFC3339))
+	} else if host, _, _ := net.SplitHostPort(a.cfg.APIAddr); !isLoopback(host) {
+		a.log.Warn("api serves plain HTTP beyond loopback: tokens cross the network in clear", "api", a.cfg.APIAddr)
+	}
+	ln, err := net.Listen("tcp", a.cfg.APIAddr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("listen for API on %s: %w", a.cfg.APIAddr, err)
+	}
+	return ln, srv, nil
+}
+
+// serveAPI serves on the API listener until the server is shut down.
+func (a *Agent) serveAPI() error {
+	if a.server.TLSConfig != nil {
+		return a.server.ServeTLS(a.ln, "", "")
+	}
+	return a.server.Serve(a.ln)
+}
 
 // router registers method-specific handlers and answers other methods on a
 // known path with a JSON 405, and unknown paths with a JSON 404.
@@ -57,7 +115,7 @@ func (a *Agent) routes() http.Handler {
 	r.handle("POST", "/v1/jobs", a.handlePutJob)
 	r.handle("GET", "/v1/jobs/{id}", a.handleGetJob)
 	r.handle("DELETE", "/v1/jobs/{id}", a.handleDeleteJob)
-	r.handle("GET", "/v1/jobs/{id}/logs", a.handleLogs)
+	r.handle("GET", "/v1/jobs/{id}/logs", longRunning(a.handleLogs))
 	r.handle("GET", "/v1/images", a.handleListImages)
 	r.handle("GET", "/v1/events", a.handleEvents)
 	r.handle("GET", "/v1/services", a.handleServices)
@@ -67,23 +125,54 @@ func (a *Agent) routes() http.Handler {
 		r.handle("GET", "/v1/"+kind+"s/{name}", a.handleGetData(kind))
 		r.handle("DELETE", "/v1/"+kind+"s/{name}", a.handleDeleteData(kind))
 	}
-	r.handle("POST", "/v1/images", a.handleLoadImage)
-	return a.metrics.instrument(a.authenticate(r.mux))
+	r.handle("POST", "/v1/images", longRunning(a.handleLoadImage))
+	r.handle("GET", "/v1/keys", a.handleListKeys)
+	r.handle("POST", "/v1/keys", a.handleInstallKey)
+	r.handle("POST", "/v1/keys/use", a.handleUseKey)
+	r.handle("POST", "/v1/keys/remove", a.handleRemoveKey)
+	return a.metrics.instrument(r.mux, a.authenticate(r.mux))
 }
 
-// authenticate requires the bearer token on everything but /healthz.
+// longRunning lifts the server's read and write deadlines for one
+// request: a followed log streams for as long as the client reads it, and
+// an image upload takes as long as the image is big. Only authenticated
+// requests get here.
+func longRunning(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		rc := http.NewResponseController(w)
+		// Both matter: a read deadline that passes cancels the request's
+		// context even while the handler only writes.
+		_ = rc.SetReadDeadline(time.Time{})
+		_ = rc.SetWriteDeadline(time.Time{})
+		h(w, r)
+	}
+}
+
+// authenticate requires a bearer token on everything but /healthz: the
+// API token for every call, or the read-only token for GET calls.
 func (a *Agent) authenticate(next http.Handler) http.Handler {
 	if a.cfg.APIToken == "" {
 		return next
 	}
-	want := []byte("Bearer " + a.cfg.APIToken)
+	full := []byte("Bearer " + a.cfg.APIToken)
+	var read []byte
+	if a.cfg.APIReadToken != "" {
+		read = []byte("Bearer " + a.cfg.APIReadToken)
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/healthz" {
 			next.ServeHTTP(w, r)
 			return
 		}
 		got := []byte(r.Header.Get("Authorization"))
-		if subtle.ConstantTimeCompare(got, want) != 1 {
+		switch {
+		case subtle.ConstantTimeCompare(got, full) == 1:
+		case read != nil && subtle.ConstantTimeCompare(got, read) == 1:
+			if r.Method != http.MethodGet && r.Method != http.MethodHead {
+				writeError(w, http.StatusForbidden, "the read-only token may only read (GET): %s %s needs the API token", r.Method, r.URL.Path)
+				return
+			}
+		default:
 			w.Header().Set("WWW-Authenticate", `Bearer realm="shoal"`)
 			msg := "missing bearer token: send Authorization: Bearer TOKEN"
 			if len(got) > 0 {
@@ -112,15 +201,16 @@ func (a *Agent) handleNodes(w http.ResponseWriter, _ *http.Request) {
 
 func nodeView(m gossip.Member) api.Node {
 	return api.Node{
-		Name:     m.Name,
-		Addr:     fmt.Sprintf("%s:%d", m.Addr, m.Port),
-		Status:   m.Status,
-		Tags:     m.Tags,
-		Labels:   m.Meta.Labels,
-		Capacity: api.Capacity(m.Meta.Capacity),
-		Load:     api.Load(m.Meta.Load),
-		Health:   m.Meta.Health,
-		PeerID:   m.Meta.PeerID,
+		Name:            m.Name,
+		Addr:            fmt.Sprintf("%s:%d", m.Addr, m.Port),
+		Status:          m.Status,
+		Tags:            m.Tags,
+		Labels:          m.Meta.Labels,
+		Capacity:        api.Capacity(m.Meta.Capacity),
+		Load:            api.Load(m.Meta.Load),
+		Health:          m.Meta.Health,
+		DisabledDrivers: m.Meta.Disabled,
+		PeerID:          m.Meta.PeerID,
 	}
 }
 

@@ -19,6 +19,10 @@ func (a *Agent) handleLoadImage(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnsupportedMediaType, "body must be an OCI image archive (Content-Type: application/x-tar), not %s", ct)
 		return
 	}
+	if a.containerd == nil {
+		writeError(w, http.StatusServiceUnavailable, "the containerd driver is disabled on this node: %s", a.tasks.Disabled()[runtime.DriverContainerd])
+		return
+	}
 	body := http.MaxBytesReader(w, r.Body, maxImageBody)
 	imgs, err := a.containerd.ImportImage(r.Context(), body)
 	var tooBig *http.MaxBytesError
@@ -37,6 +41,10 @@ func (a *Agent) handleLoadImage(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Agent) handleListImages(w http.ResponseWriter, r *http.Request) {
+	if a.containerd == nil {
+		writeError(w, http.StatusServiceUnavailable, "the containerd driver is disabled on this node: %s", a.tasks.Disabled()[runtime.DriverContainerd])
+		return
+	}
 	imgs, err := a.containerd.ListImages(r.Context())
 	if errors.Is(err, runtime.ErrUnavailable) {
 		writeError(w, http.StatusServiceUnavailable, "%v", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -104,34 +105,41 @@ func (m *metrics) handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
 }
 
-// instrument counts every request. Routes are reduced to their first two
-// path segments so ids never explode label cardinality.
-func (m *metrics) instrument(next http.Handler) http.Handler {
+// instrument counts every request by method, route template and status.
+// Labels come from a fixed set, whatever a client sends: the route is the
+// pattern routes would serve the request with ("/v1/jobs/{id}"), anything
+// unknown is one "unmatched" route and unusual methods one "other", so
+// requests to made-up paths (rejected with 401 or not) add no series.
+func (m *metrics) instrument(routes *http.ServeMux, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
+		_, pattern := routes.Handler(r)
 		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
 		next.ServeHTTP(rec, r)
-		route := routeLabel(r.URL.Path)
-		m.apiRequests.WithLabelValues(r.Method, route, strconv.Itoa(rec.code)).Inc()
+		route := routeLabel(pattern)
+		m.apiRequests.WithLabelValues(methodLabel(r.Method), route, strconv.Itoa(rec.code)).Inc()
 		m.apiLatency.WithLabelValues(route).Observe(time.Since(start).Seconds())
 	})
 }
 
-func routeLabel(path string) string {
-	switch {
-	case path == "/healthz", path == "/metrics":
-		return path
-	case len(path) > 4 && path[:4] == "/v1/":
-		rest := path[4:]
-		for i := 0; i < len(rest); i++ {
-			if rest[i] == '/' {
-				return "/v1/" + rest[:i] + "/*"
-			}
-		}
-		return path
-	default:
-		return "other"
+// routeLabel is a ServeMux pattern without its method: "GET /v1/jobs/{id}"
+// is "/v1/jobs/{id}". The catch-all "/" and no pattern are "unmatched".
+func routeLabel(pattern string) string {
+	if _, path, ok := strings.Cut(pattern, " "); ok {
+		pattern = path
 	}
+	if pattern == "" || pattern == "/" {
+		return "unmatched"
+	}
+	return pattern
+}
+
+func methodLabel(method string) string {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodDelete, http.MethodPatch, http.MethodOptions:
+		return method
+	}
+	return "other"
 }
 
 type statusRecorder struct {
@@ -149,6 +157,9 @@ func (s *statusRecorder) Flush() {
 		f.Flush()
 	}
 }
+
+// Unwrap lets http.ResponseController reach the connection's deadlines.
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
 // clusterCollector reads membership at scrape time.
 type clusterCollector struct{ c *gossip.Cluster }
@@ -193,10 +204,14 @@ var (
 	// further ahead of this node's clock than the store's drift bound.
 	storeFutureDesc = prometheus.NewDesc("shoal_state_future_versions_rejected_total",
 		"Records from peers skipped because their version was further ahead of this node's clock than the maximum clock drift; a record offered again counts again.", nil, nil)
+	storeDroppedDesc = prometheus.NewDesc("shoal_state_records_dropped_total",
+		"Records from peers dropped before they were stored: invalid, a bad or missing owner signature, or signed by a node not yet known; a record offered again counts again.", []string{"reason"}, nil)
+	syncRefusedDesc = prometheus.NewDesc("shoal_state_streams_refused_total",
+		"Inbound state streams reset for going over the per-peer or total limit.", nil, nil)
 )
 
 func (sc *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{syncBytesDesc, syncPushesDesc, syncAppliedDesc, syncRoundsDesc, syncRejectDesc, storeRecsDesc, storeFutureDesc} {
+	for _, d := range []*prometheus.Desc{syncBytesDesc, syncPushesDesc, syncAppliedDesc, syncRoundsDesc, syncRejectDesc, storeRecsDesc, storeFutureDesc, storeDroppedDesc, syncRefusedDesc} {
 		ch <- d
 	}
 }
@@ -216,6 +231,10 @@ func (sc *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(syncRoundsDesc, failed, "failed")
 	counter(syncRoundsDesc, rounds-min(rounds, inSync+failed), "repaired")
 	counter(syncRejectDesc, st.Rejected.Load())
+	for reason, n := range st.Dropped() {
+		counter(storeDroppedDesc, n, reason)
+	}
+	counter(syncRefusedDesc, st.StreamsRefused.Load())
 	stats := sc.store.Stats()
 	ch <- prometheus.MustNewConstMetric(storeRecsDesc, prometheus.GaugeValue, float64(stats.Live), "live")
 	ch <- prometheus.MustNewConstMetric(storeRecsDesc, prometheus.GaugeValue, float64(stats.Tombstones), "tombstone")

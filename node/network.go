@@ -22,9 +22,10 @@ const networkResync = 5 * time.Second
 // overlayNet runs this node's share of the overlay: it claims a subnet
 // without asking anyone (hash of the name, probing past subnets others
 // gossip; the older claim wins a conflict), keeps an FDB entry, a
-// neighbour and a route per alive peer, and attaches replicas' network
-// namespaces to the node's bridge. The overlay.Manager it wraps is safe
-// for concurrent use; claim and generation are guarded by mu.
+// neighbour and a route per alive peer, accepts VXLAN only from members,
+// and attaches replicas' network namespaces to the node's bridge. The
+// overlay.Manager it wraps is safe for concurrent use; claim and
+// generation are guarded by mu.
 type overlayNet struct {
 	mgr       *overlay.Manager
 	cfg       overlay.Config
@@ -129,11 +130,13 @@ func (n *overlayNet) run(ctx context.Context, cluster *gossip.Cluster, waitJoine
 	}
 }
 
-// sync settles subnet conflicts and programs every alive peer.
+// sync settles subnet conflicts, lets VXLAN in from every member and
+// programs every alive peer.
 func (n *overlayNet) sync(ctx context.Context, cluster *gossip.Cluster, onRepick func()) {
 	var peers []overlay.Peer
 	var claims []overlay.Claim
-	for _, m := range cluster.Members() {
+	all := cluster.Members()
+	for _, m := range all {
 		if m.Name == n.self || m.Meta.Overlay == "" {
 			continue
 		}
@@ -190,9 +193,31 @@ func (n *overlayNet) sync(ctx context.Context, cluster *gossip.Cluster, onRepick
 			n.log.Warn("announce overlay subnet", "err", err)
 		}
 	}
+	// Members first: a peer's packets are accepted before it is routed.
+	if err := n.mgr.SyncMembers(vxlanSources(n.self, all)); err != nil {
+		n.log.Warn("program overlay members", "err", err)
+	}
 	if err := n.mgr.SyncPeers(kept); err != nil {
 		n.log.Warn("program overlay peers", "err", err)
 	}
+}
+
+// vxlanSources lists the underlay addresses VXLAN is accepted from: every
+// other member that has not left. Failed members stay, because one that
+// comes back sends VXLAN at once, before this node has seen it alive; left
+// and leaving ones are out of the overlay, and reaped ones are no longer
+// listed at all.
+func vxlanSources(self string, members []gossip.Member) []netip.Addr {
+	var out []netip.Addr
+	for _, m := range members {
+		if m.Name == self || m.Status == gossip.StatusLeft {
+			continue
+		}
+		if addr, ok := netip.AddrFromSlice(m.Addr); ok {
+			out = append(out, addr.Unmap())
+		}
+	}
+	return out
 }
 
 func (n *overlayNet) repick(ctx context.Context, next overlay.Claim, cluster *gossip.Cluster) error {

@@ -188,8 +188,10 @@ type attachment struct {
 }
 
 func newReconciler(deps reconcileDeps, cfg ReconcileConfig) *reconciler {
+	// The runtime runs exec checks inside the replica; fakes may not.
+	execer, _ := deps.runner.(taskExecer)
 	return &reconciler{deps: deps, cfg: cfg, memory: newPlanMemory(), attached: map[string]attachment{}, netMoved: make(chan struct{}, 1),
-		health: newProber(deps.healthChanged, func(id string, healthy bool, msg string) {
+		health: newProber(deps.healthChanged, execer, func(id string, healthy bool, msg string) {
 			job, replica := splitTaskID(id)
 			if healthy {
 				deps.events.add("healthy", job, replica, "health check passes")
@@ -579,9 +581,10 @@ func (r *reconciler) taskSpec(job api.Job, rep placement.Replica) (runtime.TaskS
 	spec := runtime.TaskSpec{
 		ID: id, Job: job.ID, Replica: rep.Index, Driver: job.Task.Driver,
 		Command: job.Task.Command, Args: job.Task.Args, Env: env,
-		CPUMillis: job.Task.Resources.CPUMillis, MemoryMB: job.Task.Resources.MemoryMB,
+		CPUMillis: job.Task.Resources.CPUMillis, MemoryMB: job.Task.Resources.MemoryMB, Pids: job.Task.Resources.Pids,
 		Hostname: id, SpecHash: specHash(job),
 		Image: job.Task.Image, ReadOnlyRootfs: job.Task.ReadOnlyRootfs, Privileged: job.Task.Privileged,
+		CapAdd: slices.Clone(job.Task.CapAdd),
 	}
 	if len(job.Task.Mounts) > 0 && job.Task.Driver != api.DriverContainerd {
 		return runtime.TaskSpec{}, fmt.Errorf("mounts need the containerd driver")

@@ -186,6 +186,7 @@ type recordStore interface {
 	List(kind string) []state.Record
 	Deleted(kind, id string) bool
 	Write(kind, id string, body []byte, deleted bool) (state.Record, error)
+	WriteSigned(kind, id string, body []byte, sign state.Signer) (state.Record, error)
 }
 
 // publisher sends records written here to peers.
@@ -198,7 +199,16 @@ type publisher interface {
 type records struct {
 	store recordStore
 	pub   publisher
+	// sign signs this node's endpoint and usage records with its p2p
+	// identity key, so that peers can tell them from a key holder's
+	// forgeries (see peerrecords.go). Nil writes them unsigned, which
+	// peers that check signatures drop (tests and simulations only).
+	sign state.Signer
 }
+
+// signedKind reports whether records of kind are signed by the node that
+// owns them: those only their owner may write.
+func signedKind(kind string) bool { return kind == kindEndpoint || kind == kindUsage }
 
 // jobs returns every job as it runs, by id. Records that do not decode
 // are left out (a peer's bug must not stop this node).
@@ -298,7 +308,13 @@ func (r records) write(changes ...change) ([]state.Record, error) {
 				break
 			}
 		}
-		rec, werr := r.store.Write(c.kind, c.id, body, c.value == nil)
+		var rec state.Record
+		var werr error
+		if c.value != nil && r.sign != nil && signedKind(c.kind) {
+			rec, werr = r.store.WriteSigned(c.kind, c.id, body, r.sign)
+		} else {
+			rec, werr = r.store.Write(c.kind, c.id, body, c.value == nil)
+		}
 		if werr != nil {
 			err = werr
 			break
@@ -309,4 +325,25 @@ func (r records) write(changes ...change) ([]state.Record, error) {
 		r.pub.Publish(out)
 	}
 	return out, err
+}
+
+// signUnsigned rewrites, signed, this node's endpoint and usage records
+// stored before records were signed: peers drop unsigned ones, and an
+// endpoint whose body does not change would otherwise never be rewritten.
+func (r records) signUnsigned(self string) error {
+	if r.sign == nil {
+		return nil
+	}
+	var changes []change
+	for _, kind := range []string{kindEndpoint, kindUsage} {
+		for _, rec := range r.store.List(kind) {
+			if len(rec.Sig) == 0 && rec.Version.Node == self && recordOwner(rec) == self {
+				changes = append(changes, change{kind, rec.ID, json.RawMessage(rec.Body)})
+			}
+		}
+	}
+	if _, err := r.write(changes...); err != nil {
+		return fmt.Errorf("sign this node's records: %w", err)
+	}
+	return nil
 }

@@ -7,58 +7,80 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"sort"
 
 	"github.com/shoalmesh/shoal/api"
+	"github.com/shoalmesh/shoal/gossip"
 	"github.com/shoalmesh/shoal/state"
 )
 
 // Secrets and configs are replicated records like jobs: written at any
 // node, on every node. A secret's data is sealed with AES-GCM under a key
-// derived from the gossip key, so state files and sync traffic carry no
-// plaintext (dev mode, without a gossip key, stores it in the clear); the
-// API never returns a secret's values. A replica gets them as read-only
-// files, written when it starts under /run/shoal (tmpfs on most hosts).
+// derived from the primary gossip key, and names that key by its id, so
+// state files and sync traffic carry no plaintext (dev mode, without a
+// gossip key, stores it in the clear) and any key of the keyring opens it
+// during a rotation (see keys.go); the API never returns a secret's
+// values. A replica gets them as read-only files, written when it starts
+// under /run/shoal (tmpfs on most hosts).
 
 // storedData is the record body of a secret or config.
 type storedData struct {
 	// Sealed is nonce||ciphertext of the JSON of Data; Plain holds the
 	// data of configs, and of secrets in dev mode.
-	Sealed []byte            `json:"sealed,omitempty"`
-	Plain  map[string]string `json:"plain,omitempty"`
-	Keys   []string          `json:"keys"`
-	Bytes  int               `json:"bytes"`
+	Sealed []byte `json:"sealed,omitempty"`
+	// KeyID names the gossip key Sealed is sealed under
+	// (gossip.KeyID); empty in records written before key rotation
+	// existed, which are opened by trying every key.
+	KeyID string            `json:"key_id,omitempty"`
+	Plain map[string]string `json:"plain,omitempty"`
+	Keys  []string          `json:"keys"`
+	Bytes int               `json:"bytes"`
 }
 
-func (a *Agent) secretsAEAD() (cipher.AEAD, error) {
-	if a.cfg.Gossip.GossipKey == nil {
-		return nil, nil
-	}
-	key, err := hkdf.Key(sha256.New, a.cfg.Gossip.GossipKey, nil, "shoal secrets at rest v1", 32)
+// secretsAEAD derives the AEAD that seals secrets from one gossip key.
+func secretsAEAD(gossipKey []byte) (cipher.AEAD, error) {
+	key, err := hkdf.Key(sha256.New, gossipKey, nil, "shoal secrets at rest v1", 32)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("derive secrets key: %w", err)
 	}
 	block, err := aes.NewCipher(key)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("secrets cipher: %w", err)
 	}
 	return cipher.NewGCM(block)
 }
 
+// gossipKeys are the keys of this node's gossip keyring, primary first;
+// nil in dev mode.
+func (a *Agent) gossipKeys() [][]byte {
+	if a.cluster == nil {
+		return nil
+	}
+	return a.cluster.Keys()
+}
+
 func (a *Agent) seal(kind, name string, d api.Data) ([]byte, error) {
+	return sealData(a.gossipKeys(), kind, name, d)
+}
+
+// sealData encodes a secret or config as stored: a secret sealed under
+// keys[0] (the primary gossip key), a config, or anything without keys,
+// in the clear.
+func sealData(keys [][]byte, kind, name string, d api.Data) ([]byte, error) {
 	body := storedData{Keys: d.SortedKeys()}
 	for k, v := range d.Data {
 		body.Bytes += len(k) + len(v)
 	}
-	aead, err := a.secretsAEAD()
-	if err != nil {
-		return nil, err
-	}
-	if kind == api.KindConfig || aead == nil {
+	if kind == api.KindConfig || len(keys) == 0 {
 		body.Plain = d.Data
 		return json.Marshal(body)
+	}
+	aead, err := secretsAEAD(keys[0])
+	if err != nil {
+		return nil, err
 	}
 	plain, err := json.Marshal(d.Data)
 	if err != nil {
@@ -71,10 +93,17 @@ func (a *Agent) seal(kind, name string, d api.Data) ([]byte, error) {
 	// The name is authenticated: a sealed value cannot be moved to another
 	// secret.
 	body.Sealed = aead.Seal(nonce, nonce, plain, []byte(kind+"/"+name))
+	body.KeyID = gossip.KeyID(keys[0])
 	return json.Marshal(body)
 }
 
 func (a *Agent) openData(kind, name string, raw []byte) (map[string]string, storedData, error) {
+	return openData(a.gossipKeys(), kind, name, raw)
+}
+
+// openData decodes a stored secret or config and opens it with whichever
+// of keys it was sealed under.
+func openData(keys [][]byte, kind, name string, raw []byte) (map[string]string, storedData, error) {
 	var body storedData
 	if err := json.Unmarshal(raw, &body); err != nil {
 		return nil, body, fmt.Errorf("decode %s %s: %w", kind, name, err)
@@ -82,23 +111,44 @@ func (a *Agent) openData(kind, name string, raw []byte) (map[string]string, stor
 	if body.Sealed == nil {
 		return body.Plain, body, nil
 	}
-	aead, err := a.secretsAEAD()
-	if err != nil || aead == nil {
+	if len(keys) == 0 {
 		return nil, body, fmt.Errorf("%s %s is sealed and this node has no gossip key to open it", kind, name)
 	}
-	if len(body.Sealed) < aead.NonceSize() {
-		return nil, body, fmt.Errorf("%s %s: sealed data too short", kind, name)
+	var lastErr error
+	for _, key := range keys {
+		if body.KeyID != "" && body.KeyID != gossip.KeyID(key) {
+			continue
+		}
+		data, err := openWith(key, kind, name, body.Sealed)
+		if err == nil {
+			return data, body, nil
+		}
+		lastErr = err
 	}
-	nonce, ct := body.Sealed[:aead.NonceSize()], body.Sealed[aead.NonceSize():]
+	if lastErr == nil {
+		return nil, body, fmt.Errorf("%s %s is sealed under gossip key %s, which is not in this node's keyring", kind, name, body.KeyID)
+	}
+	return nil, body, fmt.Errorf("%s %s: cannot open (written with another gossip key?): %w", kind, name, lastErr)
+}
+
+func openWith(key []byte, kind, name string, sealed []byte) (map[string]string, error) {
+	aead, err := secretsAEAD(key)
+	if err != nil {
+		return nil, err
+	}
+	if len(sealed) < aead.NonceSize() {
+		return nil, errors.New("sealed data too short")
+	}
+	nonce, ct := sealed[:aead.NonceSize()], sealed[aead.NonceSize():]
 	plain, err := aead.Open(nil, nonce, ct, []byte(kind+"/"+name))
 	if err != nil {
-		return nil, body, fmt.Errorf("%s %s: cannot open (written with another gossip key?): %w", kind, name, err)
+		return nil, err
 	}
 	var data map[string]string
 	if err := json.Unmarshal(plain, &data); err != nil {
-		return nil, body, fmt.Errorf("decode %s %s: %w", kind, name, err)
+		return nil, fmt.Errorf("decode sealed data: %w", err)
 	}
-	return data, body, nil
+	return data, nil
 }
 
 func (a *Agent) handlePutData(kind string) http.HandlerFunc {

@@ -387,6 +387,9 @@ type lbSettings struct {
 	Bridge string
 	// DNS serves NAME.shoal. on the overlay gateway.
 	DNS bool
+	// ProxyMaxSessions and ProxyTCPIdle bound the userspace proxy.
+	ProxyMaxSessions int
+	ProxyTCPIdle     time.Duration
 }
 
 // lbDeps is all the load balancer needs of its node, narrow enough to be
@@ -443,6 +446,7 @@ func newServiceLB(a *Agent, net *overlayNet, log *slog.Logger) (*serviceLB, erro
 	cfg := lbSettings{
 		Mode: a.cfg.LB, Table: a.cfg.LBTable, ServiceCIDR: a.cfg.ServiceCIDR,
 		OverlayCIDR: a.cfg.Overlay.OverlayCIDR, Bridge: a.cfg.Overlay.BridgeName, DNS: a.cfg.DNS,
+		ProxyMaxSessions: a.cfg.ProxyMaxSessions, ProxyTCPIdle: a.cfg.ProxyTCPIdle,
 	}
 	deps := lbDeps{
 		desired: a.desiredServices,
@@ -476,7 +480,10 @@ func newServiceLBWith(cfg lbSettings, deps lbDeps, log *slog.Logger) (*serviceLB
 		}
 		s.table = t
 	case LBUserspace:
-		p, err := lb.NewProxy(lb.ProxyConfig{Logf: func(f string, args ...any) { log.Debug(fmt.Sprintf(f, args...)) }})
+		p, err := lb.NewProxy(lb.ProxyConfig{
+			MaxSessionsPerPort: cfg.ProxyMaxSessions, TCPIdleTimeout: cfg.ProxyTCPIdle,
+			Logf: func(f string, args ...any) { log.Debug(fmt.Sprintf(f, args...)) },
+		})
 		if err != nil {
 			return nil, fmt.Errorf("start userspace proxy: %w", err)
 		}

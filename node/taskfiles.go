@@ -80,6 +80,15 @@ func (f *taskFiles) sweepData(keep map[string]bool) {
 // persistent volumes live per job under the data dir and survive the
 // replica; ephemeral ones live per task and go when it stops for good.
 func (f *taskFiles) volumeDir(job api.Job, task, name string) (string, error) {
+	// Both become path elements: whatever a record says, they must be
+	// names (the API refuses others; a record stored before that check,
+	// or a bug, must not reach outside the volumes directory).
+	if err := api.ValidateID(job.ID); err != nil {
+		return "", fmt.Errorf("volume of job %q: %w", job.ID, err)
+	}
+	if err := api.ValidateID(name); err != nil {
+		return "", fmt.Errorf("volume %q: %w", name, err)
+	}
 	var dir string
 	for _, v := range job.Volumes {
 		if v.Name != name {

@@ -1,6 +1,7 @@
 package overlay
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -75,10 +76,12 @@ func (m *Manager) checkOwner(owner string) error {
 // namespace of a plain process) into the node's bridge for owner and
 // returns its address: a veth pair whose host end is on the bridge and
 // whose other end is eth0 in the namespace, with the owner's address, the
-// bridge MTU, and a default route via the gateway. Attaching again returns
-// the same address and repairs anything missing or changed; a namespace
-// replaced under the same owner (a restarted container) gets a fresh veth.
-// If the attachment fails, an address allocated by this call is released.
+// MAC derived from it (containerMAC), the bridge MTU, and a default route
+// via the gateway. The bridge then accepts frames from the veth only with
+// that MAC and address. Attaching again returns the same address and
+// repairs anything missing or changed; a namespace replaced under the same
+// owner (a restarted container) gets a fresh veth. If the attachment
+// fails, an address allocated by this call is released.
 func (m *Manager) Attach(ctx context.Context, netnsPath, owner string) (netip.Addr, error) {
 	if err := m.checkOwner(owner); err != nil {
 		return netip.Addr{}, fmt.Errorf("attach %s: %w", netnsPath, err)
@@ -164,10 +167,11 @@ func (m *Manager) attach(ctx context.Context, nsPath, owner string, addr netip.A
 			LinkAttrs: attrs,
 			// Created straight in the namespace under its final name: no
 			// temporary name in the host namespace to clash or leak.
-			PeerName:      ContainerIfName,
-			PeerNamespace: netlink.NsFd(int(cns)),
-			PeerMTU:       uint32(m.mtu),
-			PeerTxQLen:    -1,
+			PeerName:         ContainerIfName,
+			PeerNamespace:    netlink.NsFd(int(cns)),
+			PeerMTU:          uint32(m.mtu),
+			PeerTxQLen:       -1,
+			PeerHardwareAddr: containerMAC(addr),
 		}
 		if err := m.h.LinkAdd(v); err != nil {
 			return fmt.Errorf("create veth %s: %w", hostName, err)
@@ -184,6 +188,12 @@ func (m *Manager) attach(ctx context.Context, nsPath, owner string, addr netip.A
 		if err := m.h.LinkSetAlias(host, m.aliasFor(owner)); err != nil {
 			return fmt.Errorf("set alias of %s: %w", hostName, err)
 		}
+	}
+	// The port table learns the veth (by its alias) and its one address
+	// before the veth joins the bridge, so no frame of the container ever
+	// crosses the bridge unchecked.
+	if err := m.syncPortTable(); err != nil {
+		return err
 	}
 	if ha.MTU != m.mtu {
 		if err := m.h.LinkSetMTU(host, m.mtu); err != nil {
@@ -209,33 +219,54 @@ func (m *Manager) attach(ctx context.Context, nsPath, owner string, addr netip.A
 			return fmt.Errorf("set %s up: %w", hostName, err)
 		}
 	}
-	return m.configureContainer(ch, addr)
+	macChanged, err := m.configureContainer(ch, addr)
+	if err != nil {
+		return err
+	}
+	if macChanged {
+		// The node's own neighbour entry would keep sending to the old MAC
+		// until it goes stale; make it ask again.
+		err := m.h.NeighDel(&netlink.Neigh{LinkIndex: br.Attrs().Index, Family: netlink.FAMILY_V4, IP: net.IP(addr.AsSlice())})
+		if err != nil && !isNotFound(err) {
+			m.log.Warn("forget neighbour entry of a re-addressed container", "addr", addr, "err", err)
+		}
+	}
+	return nil
 }
 
-// configureContainer sets up eth0 and lo inside the namespace.
-func (m *Manager) configureContainer(ch *netlink.Handle, addr netip.Addr) error {
+// configureContainer sets up eth0 and lo inside the namespace and reports
+// whether it had to change eth0's MAC.
+func (m *Manager) configureContainer(ch *netlink.Handle, addr netip.Addr) (macChanged bool, err error) {
 	lo, err := ch.LinkByName("lo")
 	if err != nil {
-		return fmt.Errorf("find lo in the namespace: %w", err)
+		return macChanged, fmt.Errorf("find lo in the namespace: %w", err)
 	}
 	if lo.Attrs().Flags&net.FlagUp == 0 {
 		if err := ch.LinkSetUp(lo); err != nil {
-			return fmt.Errorf("set lo up in the namespace: %w", err)
+			return macChanged, fmt.Errorf("set lo up in the namespace: %w", err)
 		}
 	}
 	eth, err := ch.LinkByName(ContainerIfName)
 	if err != nil {
-		return fmt.Errorf("find %s in the namespace: %w", ContainerIfName, err)
+		return macChanged, fmt.Errorf("find %s in the namespace: %w", ContainerIfName, err)
 	}
 	if eth.Attrs().MTU != m.mtu {
 		if err := ch.LinkSetMTU(eth, m.mtu); err != nil {
-			return fmt.Errorf("set MTU of %s in the namespace: %w", ContainerIfName, err)
+			return macChanged, fmt.Errorf("set MTU of %s in the namespace: %w", ContainerIfName, err)
 		}
+	}
+	// The port table lets only this MAC through (a veth made by an older
+	// version, or an address that changed with the subnet, has another).
+	if mac := containerMAC(addr); !bytes.Equal(eth.Attrs().HardwareAddr, mac) {
+		if err := ch.LinkSetHardwareAddr(eth, mac); err != nil {
+			return macChanged, fmt.Errorf("set MAC %s of %s in the namespace: %w", mac, ContainerIfName, err)
+		}
+		macChanged = true
 	}
 	want := netip.PrefixFrom(addr, m.subnet.Bits())
 	addrs, err := ch.AddrList(eth, netlink.FAMILY_V4)
 	if err != nil {
-		return fmt.Errorf("list addresses of %s in the namespace: %w", ContainerIfName, err)
+		return macChanged, fmt.Errorf("list addresses of %s in the namespace: %w", ContainerIfName, err)
 	}
 	have := false
 	for _, a := range addrs {
@@ -245,17 +276,17 @@ func (m *Manager) configureContainer(ch *netlink.Handle, addr netip.Addr) error 
 		}
 		// An address of an old subnet, or someone else's.
 		if err := ch.AddrDel(eth, &a); err != nil {
-			return fmt.Errorf("remove address %s from %s in the namespace: %w", a.IPNet, ContainerIfName, err)
+			return macChanged, fmt.Errorf("remove address %s from %s in the namespace: %w", a.IPNet, ContainerIfName, err)
 		}
 	}
 	if !have {
 		if err := ch.AddrAdd(eth, &netlink.Addr{IPNet: prefixToIPNet(want)}); err != nil {
-			return fmt.Errorf("add address %s to %s in the namespace: %w", want, ContainerIfName, err)
+			return macChanged, fmt.Errorf("add address %s to %s in the namespace: %w", want, ContainerIfName, err)
 		}
 	}
 	if eth.Attrs().Flags&net.FlagUp == 0 {
 		if err := ch.LinkSetUp(eth); err != nil {
-			return fmt.Errorf("set %s up in the namespace: %w", ContainerIfName, err)
+			return macChanged, fmt.Errorf("set %s up in the namespace: %w", ContainerIfName, err)
 		}
 	}
 	gw := Gateway(m.subnet)
@@ -263,7 +294,7 @@ func (m *Manager) configureContainer(ch *netlink.Handle, addr netip.Addr) error 
 		return ch.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	})
 	if err != nil {
-		return fmt.Errorf("list routes in the namespace: %w", err)
+		return macChanged, fmt.Errorf("list routes in the namespace: %w", err)
 	}
 	for _, r := range routes {
 		if r.Dst != nil && ipNetToPrefix(r.Dst).Bits() != 0 {
@@ -271,7 +302,7 @@ func (m *Manager) configureContainer(ch *netlink.Handle, addr netip.Addr) error 
 		}
 		rgw, _ := netip.AddrFromSlice(r.Gw)
 		if rgw.Unmap() == gw && r.LinkIndex == eth.Attrs().Index && r.Priority == 0 {
-			return nil
+			return macChanged, nil
 		}
 	}
 	def := netlink.Route{
@@ -281,9 +312,9 @@ func (m *Manager) configureContainer(ch *netlink.Handle, addr netip.Addr) error 
 		Table:     unix.RT_TABLE_MAIN,
 	}
 	if err := ch.RouteReplace(&def); err != nil {
-		return fmt.Errorf("add default route via %s in the namespace: %w", gw, err)
+		return macChanged, fmt.Errorf("add default route via %s in the namespace: %w", gw, err)
 	}
-	return nil
+	return macChanged, nil
 }
 
 // Detach unplugs owner: it deletes the host end of its veth (the kernel
@@ -323,6 +354,11 @@ func (m *Manager) Detach(ctx context.Context, netnsPath, owner string) error {
 	}
 	if m.ipam != nil {
 		if err := m.ipam.Release(owner); err != nil {
+			return fmt.Errorf("detach %s: %w", owner, err)
+		}
+	}
+	if m.ready() == nil {
+		if err := m.syncPortTable(); err != nil {
 			return fmt.Errorf("detach %s: %w", owner, err)
 		}
 	}

@@ -12,6 +12,15 @@
 // told about. Containers hang off a bridge that holds the node's gateway
 // address; traffic from containers to outside the overlay is masqueraded.
 //
+// The overlay is closed to the underlay (firewall.go): VXLAN is accepted
+// only from members' underlay addresses (SyncMembers, plus the peers), and
+// packets are forwarded into the overlay range only from the bridge, from
+// the VXLAN device, as replies, or after the node's own DNAT (the lb
+// package's VIPs and node ports). On the bridge, each container's veth
+// may send only with the container's own MAC and IPv4 address, ARP
+// included. Both rule sets live in the Manager's own nftables tables,
+// rewritten whole in one transaction on every sync.
+//
 // Subnet claims (ProposeSubnet, NextClaim, MustRepick) and tag encoding
 // (Advert) are pure functions. Manager does the kernel work; every method
 // reconciles towards a desired state, so calling one again repairs what was

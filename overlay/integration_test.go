@@ -345,8 +345,8 @@ func TestContainerEgressIsMasqueraded(t *testing.T) {
 	l := newLab(t, itPrefix)
 	nodes := startNodes(t, l, 1)
 	c := attachContainer(t, l, nodes[0], "egress")
-	if tables := nftTables(t, nodes[0].path); len(tables) != 1 || tables[0] != "shoal_overlay_shoal0" {
-		t.Fatalf("nftables tables = %v, want the one masquerade table", tables)
+	if tables := strings.Join(nftTables(t, nodes[0].path), " "); tables != "ip shoal_overlay_shoal0 bridge shoal_overlay_shoal0" {
+		t.Fatalf("nftables tables = %v, want the overlay's own two", tables)
 	}
 
 	ln := listenIn(t, l.hub, netip.AddrPortFrom(hubAddr, 9090).String())
@@ -391,8 +391,8 @@ func TestTwoManagersShareANamespace(t *testing.T) {
 	if a.vethName("same-owner") == b.vethName("same-owner") {
 		t.Fatal("two agents derive one veth name for one owner")
 	}
-	if got := nftTables(t, path); len(got) != 2 {
-		t.Fatalf("tables = %v, want one per manager", got)
+	if got := nftTables(t, path); len(got) != 4 {
+		t.Fatalf("tables = %v, want two per manager", got)
 	}
 	must(t, a.Teardown())
 	for _, name := range []string{"shoal-b", "shoal-b.vx", b.vethName("same-owner")} {
@@ -405,7 +405,7 @@ func TestTwoManagersShareANamespace(t *testing.T) {
 			t.Errorf("a's %s survived its teardown", name)
 		}
 	}
-	if got := nftTables(t, path); len(got) != 1 || got[0] != "shoal_overlay_shoal_b" {
+	if got := strings.Join(nftTables(t, path), " "); got != "ip shoal_overlay_shoal_b bridge shoal_overlay_shoal_b" {
 		t.Fatalf("tables after a's teardown = %v", got)
 	}
 	if _, ok := b.ipam.Lookup("same-owner"); !ok {
@@ -554,7 +554,8 @@ func dumpVXLAN(t *testing.T, n *testNode) string {
 	return b.String()
 }
 
-// nftTables lists the nftables tables in the namespace at path.
+// nftTables lists the nftables tables in the namespace at path as
+// "FAMILY NAME", ip tables first.
 func nftTables(t *testing.T, path string) []string {
 	t.Helper()
 	var names []string
@@ -563,11 +564,19 @@ func nftTables(t *testing.T, path string) []string {
 		if err != nil {
 			return err
 		}
-		tables, err := c.ListTables()
-		for _, tb := range tables {
-			names = append(names, tb.Name)
+		for _, fam := range []struct {
+			f    nftables.TableFamily
+			name string
+		}{{nftables.TableFamilyIPv4, "ip"}, {nftables.TableFamilyBridge, "bridge"}, {nftables.TableFamilyINet, "inet"}, {nftables.TableFamilyNetdev, "netdev"}} {
+			tables, err := c.ListTablesOfFamily(fam.f)
+			if err != nil {
+				return err
+			}
+			for _, tb := range tables {
+				names = append(names, fam.name+" "+tb.Name)
+			}
 		}
-		return err
+		return nil
 	})
 	must(t, err)
 	return names

@@ -25,10 +25,11 @@ var ErrNotSetUp = errors.New("overlay not set up")
 func ipamFileName(bridge string) string { return "overlay-ipam-" + bridge + ".json" }
 
 // Manager builds and maintains one node's overlay data plane: the bridge,
-// the VXLAN device, the forwarding entries to peers, the masquerade rule
-// and the container veths. Every method reconciles: it compares what the
-// kernel has with what it should have and changes only the difference, so
-// calling it again is cheap and repairs manual damage. Safe for concurrent
+// the VXLAN device, the forwarding entries to peers, the masquerade rule,
+// the firewall that keeps the overlay closed to the underlay, and the
+// container veths with their source checks. Every method reconciles: it
+// compares what the kernel has with what it should have and changes only
+// the difference, so calling it again is cheap and repairs manual damage. Safe for concurrent
 // use; calls are serialised.
 type Manager struct {
 	cfg Config
@@ -47,6 +48,10 @@ type Manager struct {
 	// peers is the last SyncPeers input, re-applied when Setup changes the
 	// subnet (the routes carry our gateway as source address).
 	peers []Peer
+	// members is the last SyncMembers input: with the peers, the underlay
+	// addresses VXLAN is accepted from. Nil until the first SyncMembers,
+	// or until Setup adopts what the kernel table holds.
+	members []netip.Addr
 }
 
 // New returns a Manager for cfg. It touches no kernel state until Setup.
@@ -101,11 +106,12 @@ func (m *Manager) Close() error {
 // Setup builds or repairs the node's side of the overlay for subnet, with
 // VXLAN packets leaving from underlayIP: a bridge holding the subnet's
 // gateway address, a VXLAN device on the link that holds underlayIP, IP
-// forwarding, and masquerading of container traffic that leaves the
-// overlay. Calling it again with another subnet (after losing a subnet
-// conflict) re-addresses the bridge, drops the old address allocations and
-// re-routes the peers; containers must then be attached again to get new
-// addresses.
+// forwarding, masquerading of container traffic that leaves the overlay,
+// the overlay firewall and the containers' source checks (see
+// firewall.go). Calling it again with another subnet (after losing a
+// subnet conflict) re-addresses the bridge, drops the old address
+// allocations and re-routes the peers; containers must then be attached
+// again to get new addresses.
 func (m *Manager) Setup(ctx context.Context, subnet netip.Prefix, underlayIP netip.Addr) error {
 	if !inOverlay(subnet, m.cfg.OverlayCIDR, m.cfg.SubnetBits) {
 		return fmt.Errorf("set up overlay: subnet %s is not a /%d of %s", subnet, m.cfg.SubnetBits, m.cfg.OverlayCIDR)
@@ -153,13 +159,16 @@ func (m *Manager) Setup(ctx context.Context, subnet netip.Prefix, underlayIP net
 	if err := m.inNetNS(disableRedirects(m.cfg.BridgeName)); err != nil {
 		return fmt.Errorf("set up overlay: %w", err)
 	}
-	if err := m.syncMasquerade(subnet); err != nil {
+	if err := m.syncHostTable(subnet); err != nil {
 		return fmt.Errorf("set up overlay: %w", err)
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("set up overlay: %w", err)
 	}
 	if err := m.ensureIPAM(subnet); err != nil {
+		return fmt.Errorf("set up overlay: %w", err)
+	}
+	if err := m.syncPortTable(); err != nil {
 		return fmt.Errorf("set up overlay: %w", err)
 	}
 
@@ -217,7 +226,7 @@ func (m *Manager) MTU() int {
 
 // Teardown removes everything the Manager created: container veths, the
 // VXLAN device (and with it every peer route, neighbour and FDB entry), the
-// bridge, the masquerade table and the IPAM state file. Missing pieces are
+// bridge, both nftables tables and the IPAM state file. Missing pieces are
 // not errors, so it also cleans up after a crashed agent. IP forwarding is
 // left on: other software may rely on it.
 func (m *Manager) Teardown() error {
@@ -227,7 +236,7 @@ func (m *Manager) Teardown() error {
 		return errors.New("tear down overlay: manager is closed")
 	}
 	var errs []error
-	if err := m.deleteMasquerade(); err != nil {
+	if err := m.deleteTables(); err != nil {
 		errs = append(errs, err)
 	}
 	links, err := m.h.LinkList()
@@ -253,7 +262,7 @@ func (m *Manager) Teardown() error {
 			errs = append(errs, err)
 		}
 	}
-	m.subnet, m.underlay, m.mtu, m.vtepMAC, m.ipam, m.peers = netip.Prefix{}, netip.Addr{}, 0, nil, nil, nil
+	m.subnet, m.underlay, m.mtu, m.vtepMAC, m.ipam, m.peers, m.members = netip.Prefix{}, netip.Addr{}, 0, nil, nil, nil, nil
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("tear down overlay: %w", err)
 	}

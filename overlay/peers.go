@@ -42,7 +42,10 @@ func (p Peer) String() string {
 // ARP goes nowhere. Peers that cannot be routed (bad subnet, a subnet
 // overlapping this node's or another peer's, a bad MAC) are reported in the
 // returned error; the valid ones are programmed anyway. The list is
-// remembered and re-applied when Setup changes the subnet.
+// remembered and re-applied when Setup changes the subnet. Every peer's
+// underlay address is also let through the VXLAN filter (see SyncMembers),
+// and both nftables tables are checked against the kernel and replaced if
+// they differ, which repairs them on the caller's periodic resync.
 func (m *Manager) SyncPeers(peers []Peer) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -50,7 +53,38 @@ func (m *Manager) SyncPeers(peers []Peer) error {
 		return fmt.Errorf("sync peers: %w", err)
 	}
 	_, err := m.syncPeersLocked(peers)
-	return err
+	return errors.Join(err, m.syncTablesLocked())
+}
+
+// SyncMembers sets the underlay addresses VXLAN packets are accepted from:
+// addrs, plus the peers of the last SyncPeers. Pass every member that is
+// not gone for good, failed ones included: a failed node that comes back
+// sends VXLAN before anyone has routed it again. Addresses that are not
+// IPv4 are reported in the error and left out; the rest is applied.
+func (m *Manager) SyncMembers(addrs []netip.Addr) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.ready(); err != nil {
+		return fmt.Errorf("sync members: %w", err)
+	}
+	members := make([]netip.Addr, 0, len(addrs))
+	var errs []error
+	for _, a := range addrs {
+		a = a.Unmap()
+		if !a.Is4() || a.IsUnspecified() {
+			errs = append(errs, fmt.Errorf("sync members: skip underlay address %s: not a usable IPv4 address", a))
+			continue
+		}
+		members = append(members, a)
+	}
+	m.members = members
+	return errors.Join(append(errs, m.syncTablesLocked())...)
+}
+
+// syncTablesLocked brings both nftables tables in line with the Manager's
+// state.
+func (m *Manager) syncTablesLocked() error {
+	return errors.Join(m.syncHostTable(m.subnet), m.syncPortTable())
 }
 
 // syncPeersLocked does SyncPeers and returns how many kernel entries it

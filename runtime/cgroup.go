@@ -1,8 +1,6 @@
 package runtime
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -14,15 +12,25 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/containerd/cgroups/v3"
+	"github.com/containerd/cgroups/v3/cgroup1"
+	"github.com/containerd/cgroups/v3/cgroup2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
+
+// Cgroups are created, limited, joined and read through
+// github.com/containerd/cgroups/v3, the library containerd and runc's
+// users rely on: cgroup1 where the host mounts v1 controllers (legacy or
+// hybrid hosts), cgroup2 on unified hosts, the default of current
+// distributions. What stays here is naming (shoal/<ns>/<id> in every
+// hierarchy) and killing what is left in a cgroup before removing it.
 
 const (
 	// cgroupRoot is the directory under each hierarchy's root that holds
 	// every agent's namespace directory: <hierarchy>/shoal/<ns>/<id>.
 	cgroupRoot = "shoal"
-	// cgroupMount is where cgroups are mounted; with a cgroup.controllers
-	// file in it the host runs the unified (v2) hierarchy.
+	// cgroupMount is where cgroups are mounted.
 	cgroupMount = "/sys/fs/cgroup"
 	// cfsPeriodMicros is the CFS period; the quota is CPUMillis/1000 of it.
 	cfsPeriodMicros = 100_000
@@ -30,191 +38,107 @@ const (
 	minCFSQuotaMicros = 1000
 )
 
-// v1Controllers are the cgroup v1 controllers the exec driver uses: cpu for
-// the quota, cpuacct for usage, memory for the limit and usage.
-var v1Controllers = []string{"cpu", "cpuacct", "memory"}
+// ErrCgroupsUnavailable means the host lacks a cgroup controller the
+// drivers need to limit tasks (cpu, memory or pids; cpuacct on v1). The
+// error names it; an agent should run without the affected driver and say
+// why rather than refuse to start.
+var ErrCgroupsUnavailable = errors.New("cgroup controllers unavailable")
 
-// cgroupHierarchy is one mounted hierarchy the driver uses.
-type cgroupHierarchy struct {
-	// Dir is the mount point.
-	Dir string
-	// Root is the mount's root inside the hierarchy (mountinfo field 4),
-	// "/" unless a sub-tree is bind-mounted, as in some containers.
-	Root string
-	// Controllers are the v1 controllers mounted here that the driver
-	// uses; empty for the v2 hierarchy.
-	Controllers []string
-}
+// taskControllers are the controllers every task is limited and measured
+// with: cpu for the quota, cpuacct (v1; part of cpu on v2) for usage,
+// memory for the limit and usage, pids for the process limit.
+var taskControllers = []cgroup1.Name{cgroup1.Cpu, cgroup1.Cpuacct, cgroup1.Memory, cgroup1.Pids}
 
-// cgroupFS finds and edits the driver's cgroups on either cgroup version.
+// cgroupFS finds and edits the drivers' cgroups on either cgroup version.
 // It holds no mutable state.
 type cgroupFS struct {
 	v2 bool
-	// hierarchies: for v1 one per distinct mount of cpu, cpuacct and
-	// memory (co-mounted controllers share one); for v2 the single
-	// unified mount.
-	hierarchies []cgroupHierarchy
+	// mount is the v2 mount point.
+	mount string
+	// subsystems are the v1 controllers of taskControllers, in that order.
+	subsystems []cgroup1.Subsystem
+	// hierarchies are the distinct v1 directories behind subsystems
+	// (co-mounted controllers, e.g. cpu,cpuacct, share one), or the v2
+	// mount.
+	hierarchies []string
 }
 
-// mountinfoEntry is one line of /proc/self/mountinfo.
-type mountinfoEntry struct {
-	Root, MountPoint, FSType string
-	SuperOptions             []string
+// pather is what cgroup1's subsystems implement to place a cgroup in
+// their hierarchy.
+type pather interface {
+	Path(path string) string
 }
 
-// parseMountinfo parses /proc/<pid>/mountinfo.
-func parseMountinfo(data []byte) ([]mountinfoEntry, error) {
-	var out []mountinfoEntry
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" {
-			continue
-		}
-		// id parent major:minor root mountpoint options [optional...] - fstype source superoptions
-		pre, post, ok := strings.Cut(line, " - ")
-		f, g := strings.Fields(pre), strings.Fields(post)
-		if !ok || len(f) < 6 || len(g) < 3 {
-			return nil, fmt.Errorf("parse mountinfo: malformed line %q", line)
-		}
-		out = append(out, mountinfoEntry{
-			Root:         unescapeMountPath(f[3]),
-			MountPoint:   unescapeMountPath(f[4]),
-			FSType:       g[0],
-			SuperOptions: strings.Split(g[2], ","),
-		})
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("parse mountinfo: %w", err)
-	}
-	return out, nil
-}
-
-// UnmountUnder detaches every mount below dir, deepest first, so that
-// removing dir (a private containerd's root, say) neither fails on nor
-// descends into a container's rootfs.
-func UnmountUnder(dir string) error {
-	raw, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return fmt.Errorf("read mounts: %w", err)
-	}
-	mounts, err := parseMountinfo(raw)
-	if err != nil {
-		return err
-	}
-	var points []string
-	for _, m := range mounts {
-		if strings.HasPrefix(m.MountPoint, dir+"/") {
-			points = append(points, m.MountPoint)
-		}
-	}
-	slices.SortFunc(points, func(a, b string) int { return len(b) - len(a) })
-	var errs []error
-	for _, p := range points {
-		if err := unix.Unmount(p, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, fmt.Errorf("unmount %s: %w", p, err))
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// unescapeMountPath undoes the octal escapes (\040 for a space, ...) the
-// kernel writes in mountinfo paths.
-func unescapeMountPath(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-// newCgroupFS picks the hierarchies to use from the mount table. unified
-// says whether the host runs cgroup v2 only (cgroup.controllers exists at
-// /sys/fs/cgroup); a hybrid host with an empty v2 mount beside the v1
-// controllers is treated as v1.
-func newCgroupFS(mounts []mountinfoEntry, unified bool) (*cgroupFS, error) {
-	if unified {
-		for _, m := range mounts {
-			if m.FSType == "cgroup2" && m.MountPoint == cgroupMount {
-				return &cgroupFS{v2: true, hierarchies: []cgroupHierarchy{{Dir: m.MountPoint, Root: m.Root}}}, nil
-			}
-		}
-		return nil, fmt.Errorf("find cgroup v2 mount: no cgroup2 file system mounted at %s", cgroupMount)
-	}
-	cg := &cgroupFS{}
-	for _, want := range v1Controllers {
-		found := false
-		for _, m := range mounts {
-			if m.FSType != "cgroup" || !slices.Contains(m.SuperOptions, want) {
-				continue
-			}
-			found = true
-			i := slices.IndexFunc(cg.hierarchies, func(h cgroupHierarchy) bool { return h.Dir == m.MountPoint })
-			if i < 0 {
-				cg.hierarchies = append(cg.hierarchies, cgroupHierarchy{Dir: m.MountPoint, Root: m.Root})
-				i = len(cg.hierarchies) - 1
-			}
-			if !slices.Contains(cg.hierarchies[i].Controllers, want) {
-				cg.hierarchies[i].Controllers = append(cg.hierarchies[i].Controllers, want)
-			}
-			break // the first mount of a controller is enough
-		}
-		if !found {
-			return nil, fmt.Errorf("find cgroup v1 mounts: controller %q is not mounted", want)
-		}
-	}
-	return cg, nil
-}
-
-// detectCgroups reads the mount table of this process.
+// detectCgroups finds the cgroup version and controllers of this host.
 func detectCgroups() (*cgroupFS, error) {
-	data, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return nil, fmt.Errorf("detect cgroups: %w", err)
+	switch mode := cgroups.Mode(); mode {
+	case cgroups.Unified:
+		return newCgroupFSv2(cgroupMount)
+	case cgroups.Legacy, cgroups.Hybrid:
+		// A hybrid host's v2 mount holds no controllers: limits are v1's.
+		return newCgroupFSv1(cgroupMount)
+	default:
+		return nil, fmt.Errorf("detect cgroups: %w: no cgroup file system at %s", ErrCgroupsUnavailable, cgroupMount)
 	}
-	mounts, err := parseMountinfo(data)
-	if err != nil {
-		return nil, fmt.Errorf("detect cgroups: %w", err)
-	}
-	_, err = os.Stat(filepath.Join(cgroupMount, "cgroup.controllers"))
-	unified := err == nil
-	cg, err := newCgroupFS(mounts, unified)
-	if err != nil {
-		return nil, fmt.Errorf("detect cgroups: %w", err)
-	}
-	return cg, nil
 }
 
-// hierarchyFor returns the hierarchy holding controller (v1), or the
-// unified one (v2).
-func (c *cgroupFS) hierarchyFor(controller string) cgroupHierarchy {
-	if c.v2 {
-		return c.hierarchies[0]
-	}
-	for _, h := range c.hierarchies {
-		if slices.Contains(h.Controllers, controller) {
-			return h
+// newCgroupFSv1 uses the v1 controllers mounted as root/<controller>
+// (systemd, Docker and runc link co-mounted ones there too).
+func newCgroupFSv1(root string) (*cgroupFS, error) {
+	c := &cgroupFS{}
+	for _, name := range taskControllers {
+		var s cgroup1.Subsystem
+		switch name {
+		case cgroup1.Cpu:
+			s = cgroup1.NewCpu(root)
+		case cgroup1.Cpuacct:
+			s = cgroup1.NewCpuacct(root)
+		case cgroup1.Memory:
+			s = cgroup1.NewMemory(root)
+		case cgroup1.Pids:
+			s = cgroup1.NewPids(root)
+		}
+		dir, err := filepath.EvalSymlinks(s.(pather).Path("/"))
+		if err != nil {
+			return nil, fmt.Errorf("detect cgroups: %w: the v1 %s controller is not mounted at %s: tasks cannot be limited without it",
+				ErrCgroupsUnavailable, name, filepath.Join(root, string(name)))
+		}
+		c.subsystems = append(c.subsystems, s)
+		if !slices.Contains(c.hierarchies, dir) {
+			c.hierarchies = append(c.hierarchies, dir)
 		}
 	}
-	panic("runtime: cgroup controller " + controller + " not tracked") // newCgroupFS guarantees all three
+	return c, nil
 }
+
+// newCgroupFSv2 uses the unified hierarchy at mount, which must offer the
+// cpu, memory and pids controllers.
+func newCgroupFSv2(mount string) (*cgroupFS, error) {
+	raw, err := os.ReadFile(filepath.Join(mount, "cgroup.controllers"))
+	if err != nil {
+		return nil, fmt.Errorf("detect cgroups: %w: %v", ErrCgroupsUnavailable, err)
+	}
+	have := strings.Fields(string(raw))
+	for _, want := range []string{"cpu", "memory", "pids"} {
+		if !slices.Contains(have, want) {
+			return nil, fmt.Errorf("detect cgroups: %w: the v2 %s controller is not available at %s (it offers %q): tasks cannot be limited without it",
+				ErrCgroupsUnavailable, want, mount, strings.Join(have, " "))
+		}
+	}
+	return &cgroupFS{v2: true, mount: mount, hierarchies: []string{mount}}, nil
+}
+
+// hierarchy hands cgroup1 exactly the driver's controllers.
+func (c *cgroupFS) hierarchy() ([]cgroup1.Subsystem, error) { return c.subsystems, nil }
+
+// taskPath is the task's cgroup relative to each hierarchy's root.
+func taskPath(ns, id string) string { return "/" + filepath.Join(cgroupRoot, ns, id) }
 
 // rootDirs are the <hierarchy>/shoal directories.
 func (c *cgroupFS) rootDirs() []string {
 	dirs := make([]string, len(c.hierarchies))
 	for i, h := range c.hierarchies {
-		dirs[i] = filepath.Join(h.Dir, cgroupRoot)
+		dirs[i] = filepath.Join(h, cgroupRoot)
 	}
 	return dirs
 }
@@ -238,8 +162,16 @@ func (c *cgroupFS) taskDirs(ns, id string) []string {
 }
 
 // taskDir is the task's directory in the hierarchy of controller.
-func (c *cgroupFS) taskDir(controller, ns, id string) string {
-	return filepath.Join(c.hierarchyFor(controller).Dir, cgroupRoot, ns, id)
+func (c *cgroupFS) taskDir(controller cgroup1.Name, ns, id string) string {
+	if c.v2 {
+		return filepath.Join(c.mount, taskPath(ns, id))
+	}
+	for _, s := range c.subsystems {
+		if s.Name() == controller {
+			return s.(pather).Path(taskPath(ns, id))
+		}
+	}
+	return ""
 }
 
 // cgroupLimits are the values written for a task, computed by
@@ -249,12 +181,15 @@ type cgroupLimits struct {
 	CFSQuotaMicros int64
 	// MemoryBytes is the hard limit; -1 for no limit.
 	MemoryBytes int64
+	// Pids is pids.max; always set.
+	Pids int64
 }
 
 // limitsFor converts a spec's resources: CPUMillis/1000 of a CPU per
-// 100 ms period (at least the kernel's 1 ms minimum), MemoryMB MiB.
+// 100 ms period (at least the kernel's 1 ms minimum), MemoryMB MiB, Pids
+// or DefaultPids.
 func limitsFor(spec TaskSpec) cgroupLimits {
-	l := cgroupLimits{CFSQuotaMicros: -1, MemoryBytes: -1}
+	l := cgroupLimits{CFSQuotaMicros: -1, MemoryBytes: -1, Pids: spec.pidsLimit()}
 	if spec.CPUMillis > 0 {
 		l.CFSQuotaMicros = max(spec.CPUMillis*cfsPeriodMicros/1000, minCFSQuotaMicros)
 	}
@@ -264,88 +199,44 @@ func limitsFor(spec TaskSpec) cgroupLimits {
 	return l
 }
 
-// create makes the task's cgroup directories and writes the limits. An
-// existing directory is reused and its limits rewritten.
+// resources is l in the OCI form both cgroup packages take. "No limit"
+// is written out on v1 (-1) and left to the default ("max") on v2.
+func (l cgroupLimits) resources(v2 bool) *specs.LinuxResources {
+	period := uint64(cfsPeriodMicros)
+	r := &specs.LinuxResources{
+		CPU:    &specs.LinuxCPU{Period: &period},
+		Memory: &specs.LinuxMemory{},
+		Pids:   &specs.LinuxPids{Limit: &l.Pids},
+	}
+	if l.CFSQuotaMicros > 0 || !v2 {
+		r.CPU.Quota = &l.CFSQuotaMicros
+	}
+	if l.MemoryBytes > 0 || !v2 {
+		r.Memory.Limit = &l.MemoryBytes
+	}
+	return r
+}
+
+// create makes the task's cgroup and writes the limits. An existing
+// cgroup is reused and its limits rewritten.
 func (c *cgroupFS) create(ns, id string, l cgroupLimits) error {
-	if c.v2 {
-		return c.createV2(ns, id, l)
-	}
-	for _, d := range c.taskDirs(ns, id) {
-		if err := mkdirCgroup(d); err != nil {
-			return err
-		}
-	}
-	cpu := c.taskDir("cpu", ns, id)
-	if err := writeCgroupFile(filepath.Join(cpu, "cpu.cfs_period_us"), strconv.Itoa(cfsPeriodMicros)); err != nil {
-		return err
-	}
-	if err := writeCgroupFile(filepath.Join(cpu, "cpu.cfs_quota_us"), strconv.FormatInt(l.CFSQuotaMicros, 10)); err != nil {
-		return err
-	}
-	mem := c.taskDir("memory", ns, id)
-	return writeCgroupFile(filepath.Join(mem, "memory.limit_in_bytes"), strconv.FormatInt(l.MemoryBytes, 10))
-}
-
-func (c *cgroupFS) createV2(ns, id string, l cgroupLimits) error {
-	root := c.hierarchies[0].Dir
-	dir := c.taskDirs(ns, id)[0]
-	if err := mkdirCgroup(dir); err != nil {
-		return err
-	}
-	// Delegate cpu and memory down to the task's directory.
-	for _, d := range []string{root, filepath.Join(root, cgroupRoot), filepath.Join(root, cgroupRoot, ns)} {
-		if err := enableControllers(d, "cpu", "memory"); err != nil {
-			return err
-		}
-	}
-	cpuMax := "max " + strconv.Itoa(cfsPeriodMicros)
-	if l.CFSQuotaMicros > 0 {
-		cpuMax = strconv.FormatInt(l.CFSQuotaMicros, 10) + " " + strconv.Itoa(cfsPeriodMicros)
-	}
-	if err := writeCgroupFile(filepath.Join(dir, "cpu.max"), cpuMax); err != nil {
-		return err
-	}
-	memMax := "max"
-	if l.MemoryBytes > 0 {
-		memMax = strconv.FormatInt(l.MemoryBytes, 10)
-	}
-	return writeCgroupFile(filepath.Join(dir, "memory.max"), memMax)
-}
-
-// mkdirCgroup creates a cgroup directory and its parents. It retries when
-// a parent vanishes midway: Cleanup of another namespace removes the
-// shared shoal/ directory once it looks unused.
-func mkdirCgroup(dir string) error {
 	var err error
+	// Cleanup of another namespace removes the shared shoal/ directory
+	// once it looks unused; a creation racing it is tried again.
 	for range 3 {
-		if err = os.MkdirAll(dir, 0o755); !errors.Is(err, fs.ErrNotExist) {
+		if c.v2 {
+			_, err = cgroup2.NewManager(c.mount, taskPath(ns, id), cgroup2.ToResources(l.resources(true)))
+		} else {
+			_, err = cgroup1.New(cgroup1.StaticPath(taskPath(ns, id)), l.resources(false), cgroup1.WithHierarchy(c.hierarchy))
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
 			break
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("create cgroup: %w", err)
+		return fmt.Errorf("create cgroup %s: %w", taskPath(ns, id), err)
 	}
 	return nil
-}
-
-// enableControllers turns controllers on in dir's cgroup.subtree_control
-// unless they already are.
-func enableControllers(dir string, controllers ...string) error {
-	path := filepath.Join(dir, "cgroup.subtree_control")
-	cur, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("enable cgroup controllers: %w", err)
-	}
-	var add []string
-	for _, ctl := range controllers {
-		if !slices.Contains(strings.Fields(string(cur)), ctl) {
-			add = append(add, "+"+ctl)
-		}
-	}
-	if len(add) == 0 {
-		return nil
-	}
-	return writeCgroupFile(path, strings.Join(add, " "))
 }
 
 // enter arranges, on the calling goroutine's locked OS thread, for the
@@ -357,133 +248,140 @@ func enableControllers(dir string, controllers ...string) error {
 // must be called after the fork.
 func (c *cgroupFS) enter(ns, id string, attr *syscall.SysProcAttr) (leave func() error, err error) {
 	if c.v2 {
-		fd, err := unix.Open(c.taskDirs(ns, id)[0], unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		dir := filepath.Join(c.mount, taskPath(ns, id))
+		fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 		if err != nil {
-			return nil, fmt.Errorf("open cgroup %s: %w", c.taskDirs(ns, id)[0], err)
+			return nil, fmt.Errorf("open cgroup %s: %w", dir, err)
 		}
 		attr.UseCgroupFD, attr.CgroupFD = true, fd
 		return func() error { return unix.Close(fd) }, nil
 	}
-	orig, err := os.ReadFile("/proc/thread-self/cgroup")
+	tid := unix.Gettid()
+	// Where the thread is now, read before it moves.
+	backPath, err := c.threadCgroupPath()
 	if err != nil {
-		return nil, fmt.Errorf("read cgroups of this thread: %w", err)
+		return nil, fmt.Errorf("find the cgroups of thread %d: %w", tid, err)
 	}
-	tid := strconv.Itoa(unix.Gettid())
-	var joined []string
+	back, err := cgroup1.Load(backPath, cgroup1.WithHierarchy(c.hierarchy))
+	if err != nil {
+		return nil, fmt.Errorf("find the cgroups of thread %d: %w", tid, err)
+	}
+	task, err := cgroup1.Load(cgroup1.StaticPath(taskPath(ns, id)), cgroup1.WithHierarchy(c.hierarchy))
+	if err != nil {
+		return nil, fmt.Errorf("open cgroup %s: %w", taskPath(ns, id), err)
+	}
 	leave = func() error {
-		var errs []error
-		for _, dir := range joined {
-			h := c.hierarchyOf(dir)
-			back, err := threadCgroupDir(orig, h)
-			if err == nil {
-				err = writeCgroupFile(filepath.Join(back, "tasks"), tid)
-			}
-			if err != nil {
-				errs = append(errs, fmt.Errorf("move thread %s back to its cgroup: %w", tid, err))
-			}
+		if err := back.AddTask(cgroup1.Process{Pid: tid}); err != nil {
+			return fmt.Errorf("move thread %d back to its cgroups: %w", tid, err)
 		}
-		return errors.Join(errs...)
+		return nil
 	}
-	for _, dir := range c.taskDirs(ns, id) {
-		if err := writeCgroupFile(filepath.Join(dir, "tasks"), tid); err != nil {
-			return nil, errors.Join(err, leave())
-		}
-		joined = append(joined, dir)
+	if err := task.AddTask(cgroup1.Process{Pid: tid}); err != nil {
+		return nil, errors.Join(fmt.Errorf("move thread %d into cgroup %s: %w", tid, taskPath(ns, id), err), leave())
 	}
 	return leave, nil
 }
 
-// hierarchyOf returns the hierarchy containing dir.
-func (c *cgroupFS) hierarchyOf(dir string) cgroupHierarchy {
-	for _, h := range c.hierarchies {
-		if strings.HasPrefix(dir, h.Dir+"/") {
-			return h
-		}
+// threadCgroupPath is a cgroup1.Path to the cgroups the calling thread is
+// in, for the driver's controllers. (cgroup1.PidPath resolves every
+// hierarchy /proc lists, and fails on a host that lists one it does not
+// mount.)
+func (c *cgroupFS) threadCgroupPath() (cgroup1.Path, error) {
+	procCgroup, err := os.ReadFile("/proc/thread-self/cgroup")
+	if err != nil {
+		return nil, err
 	}
-	return cgroupHierarchy{}
+	mountinfo, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	mounts, err := parseMountinfo(mountinfo)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]cgroup1.Name, len(c.subsystems))
+	for i, s := range c.subsystems {
+		names[i] = s.Name()
+	}
+	paths, err := threadCgroupPaths(procCgroup, mounts, names)
+	if err != nil {
+		return nil, err
+	}
+	return func(n cgroup1.Name) (string, error) {
+		if p, ok := paths[n]; ok {
+			return p, nil
+		}
+		return "", cgroup1.ErrControllerNotActive
+	}, nil
 }
 
-// threadCgroupDir finds, in the content of /proc/<pid>/cgroup, the
-// directory of hierarchy h that the process was in.
-func threadCgroupDir(procCgroup []byte, h cgroupHierarchy) (string, error) {
+// threadCgroupPaths maps each v1 controller of names to the thread's
+// cgroup in it, relative to the controller's mount: /proc shows paths from
+// the hierarchy's root, and a container may have only a sub-tree mounted
+// (mountinfo's root field).
+func threadCgroupPaths(procCgroup []byte, mounts []mountinfoEntry, names []cgroup1.Name) (map[cgroup1.Name]string, error) {
+	inProc := map[string]string{}
 	for line := range strings.Lines(string(procCgroup)) {
 		// hierarchy-id:controller,list:/path
 		parts := strings.SplitN(strings.TrimSpace(line), ":", 3)
-		if len(parts) != 3 || len(h.Controllers) == 0 || !slices.Contains(strings.Split(parts[1], ","), h.Controllers[0]) {
+		if len(parts) != 3 {
 			continue
 		}
-		rel := parts[2]
-		if h.Root != "/" {
-			if rel != h.Root && !strings.HasPrefix(rel, h.Root+"/") {
-				return "", fmt.Errorf("cgroup %s is outside the mount of %s (root %s)", rel, h.Dir, h.Root)
-			}
-			rel = strings.TrimPrefix(rel, h.Root)
+		for _, ctl := range strings.Split(parts[1], ",") {
+			inProc[ctl] = parts[2]
 		}
-		return filepath.Join(h.Dir, rel), nil
 	}
-	return "", fmt.Errorf("no %v entry in /proc cgroup file", h.Controllers)
+	out := map[cgroup1.Name]string{}
+	for _, n := range names {
+		p, ok := inProc[string(n)]
+		if !ok {
+			return nil, fmt.Errorf("no %s entry in /proc cgroup file", n)
+		}
+		i := slices.IndexFunc(mounts, func(m mountinfoEntry) bool {
+			return m.FSType == "cgroup" && slices.Contains(m.SuperOptions, string(n))
+		})
+		if i < 0 {
+			return nil, fmt.Errorf("the %s controller is not mounted", n)
+		}
+		if root := mounts[i].Root; root != "/" {
+			if p != root && !strings.HasPrefix(p, root+"/") {
+				return nil, fmt.Errorf("%s cgroup %s is outside the mounted sub-tree %s", n, p, root)
+			}
+			p = "/" + strings.TrimPrefix(strings.TrimPrefix(p, root), "/")
+		}
+		out[n] = p
+	}
+	return out, nil
 }
 
 // stats reads CPU time used (ns) and memory in use (bytes).
 func (c *cgroupFS) stats(ns, id string) (cpuNanos, memBytes uint64, err error) {
 	if c.v2 {
-		dir := c.taskDirs(ns, id)[0]
-		raw, err := os.ReadFile(filepath.Join(dir, "cpu.stat"))
+		m, err := cgroup2.Load(taskPath(ns, id), cgroup2.WithMountpoint(c.mount))
 		if err != nil {
-			return 0, 0, fmt.Errorf("read cgroup cpu usage: %w", err)
+			return 0, 0, fmt.Errorf("read cgroup %s: %w", taskPath(ns, id), err)
 		}
-		usec, err := parseFlatKeyed(raw, "usage_usec")
+		st, err := m.StatFiltered(cgroup2.StatCPU | cgroup2.StatMemory)
 		if err != nil {
-			return 0, 0, fmt.Errorf("read cgroup cpu usage: %w", err)
+			return 0, 0, fmt.Errorf("read cgroup %s: %w", taskPath(ns, id), err)
 		}
-		mem, err := readUint(filepath.Join(dir, "memory.current"))
-		return usec * 1000, mem, err
-	}
-	cpu, err := readUint(filepath.Join(c.taskDir("cpuacct", ns, id), "cpuacct.usage"))
-	if err != nil {
-		return 0, 0, err
-	}
-	mem, err := readUint(filepath.Join(c.taskDir("memory", ns, id), "memory.usage_in_bytes"))
-	return cpu, mem, err
-}
-
-// parseFlatKeyed finds key in a cgroup "key value" per line file.
-func parseFlatKeyed(data []byte, key string) (uint64, error) {
-	for line := range strings.Lines(string(data)) {
-		k, v, ok := strings.Cut(strings.TrimSpace(line), " ")
-		if ok && k == key {
-			return strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+		if st.CPU == nil || st.Memory == nil {
+			return 0, 0, fmt.Errorf("read cgroup %s: no cpu or memory statistics", taskPath(ns, id))
 		}
+		return st.CPU.UsageUsec * 1000, st.Memory.Usage, nil
 	}
-	return 0, fmt.Errorf("no %q in cgroup file", key)
-}
-
-func readUint(path string) (uint64, error) {
-	raw, err := os.ReadFile(path)
+	cg, err := cgroup1.Load(cgroup1.StaticPath(taskPath(ns, id)), cgroup1.WithHierarchy(c.hierarchy))
 	if err != nil {
-		return 0, fmt.Errorf("read cgroup file: %w", err)
+		return 0, 0, fmt.Errorf("read cgroup %s: %w", taskPath(ns, id), err)
 	}
-	v, err := strconv.ParseUint(strings.TrimSpace(string(raw)), 10, 64)
+	st, err := cg.Stat(cgroup1.IgnoreNotExist)
 	if err != nil {
-		return 0, fmt.Errorf("parse cgroup file %s: %w", path, err)
+		return 0, 0, fmt.Errorf("read cgroup %s: %w", taskPath(ns, id), err)
 	}
-	return v, nil
-}
-
-// writeCgroupFile writes one value to an existing cgroup control file.
-func writeCgroupFile(path, value string) error {
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
-	if err != nil {
-		return fmt.Errorf("write cgroup file: %w", err)
+	if st.CPU == nil || st.CPU.Usage == nil || st.Memory == nil || st.Memory.Usage == nil {
+		return 0, 0, fmt.Errorf("read cgroup %s: no cpu or memory statistics", taskPath(ns, id))
 	}
-	_, err = f.WriteString(value)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("write %q to %s: %w", value, path, err)
-	}
-	return nil
+	return st.CPU.Usage.Total, st.Memory.Usage.Usage, nil
 }
 
 // cgroupProcs lists the pids in any of dirs (missing dirs are empty).
@@ -521,7 +419,9 @@ func signalCgroup(dirs []string, sig syscall.Signal) (int, error) {
 }
 
 // removeCgroupDirs kills whatever is left in the task's cgroup directories
-// and removes them. A missing directory is not an error.
+// and removes them. A missing directory is not an error. Killing is
+// repeated until the cgroup is empty: a fork bomb forks while it is being
+// killed, though never past its pids limit.
 func removeCgroupDirs(dirs []string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {

@@ -321,7 +321,8 @@ func (c *Containerd) Start(ctx context.Context, spec TaskSpec) (TaskStatus, erro
 
 // specOpts builds the OCI spec: the image's config, the job's command,
 // env, limits and mounts, and the default hardening (containerd's
-// seccomp profile, no new privileges) unless the job asks for privileges.
+// seccomp profile, no new privileges, no CAP_NET_RAW unless asked for)
+// unless the job asks for privileges.
 func (c *Containerd) specOpts(spec TaskSpec, img client.Image, nsPath string) []oci.SpecOpts {
 	opts := []oci.SpecOpts{oci.WithImageConfig(img)}
 	switch {
@@ -339,8 +340,20 @@ func (c *Containerd) specOpts(spec TaskSpec, img client.Image, nsPath string) []
 	if spec.Privileged {
 		opts = append(opts, oci.WithPrivileged)
 	} else {
-		opts = append(opts, seccomp.WithDefaultProfile(), oci.WithNoNewPrivileges)
+		// NET_RAW lets a container forge packets (ARP and IP spoofing on
+		// the node bridge) and sniff; few workloads need it, so they ask.
+		opts = append(opts, seccomp.WithDefaultProfile(), oci.WithNoNewPrivileges,
+			oci.WithDroppedCapabilities([]string{"CAP_NET_RAW"}))
+		if len(spec.CapAdd) > 0 {
+			caps := make([]string, len(spec.CapAdd))
+			for i, c := range spec.CapAdd {
+				caps[i] = capabilityName(c)
+			}
+			opts = append(opts, oci.WithAddedCapabilities(caps))
+		}
 	}
+	// Every container gets a pids limit, so a fork bomb stays inside it.
+	opts = append(opts, oci.WithPidsLimit(spec.pidsLimit()))
 	if spec.ReadOnlyRootfs {
 		opts = append(opts, oci.WithRootFSReadonly())
 	}

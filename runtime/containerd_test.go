@@ -276,12 +276,24 @@ func hostnameOf(t *testing.T, pid int) string {
 // hierarchy, or the v2 file on a unified host.
 func cgroupValue(t *testing.T, pid int, controller, v1File, v2File string) string {
 	t.Helper()
+	dir := cgroupDir(t, pid, controller)
+	if _, err := os.Stat(filepath.Join(dir, v1File)); err == nil {
+		return readTrim(t, filepath.Join(dir, v1File))
+	}
+	return readTrim(t, filepath.Join(dir, v2File))
+}
+
+// cgroupDir is the directory of the process's cgroup in the v1
+// controller's hierarchy, or its v2 cgroup on a unified host.
+func cgroupDir(t *testing.T, pid int, controller string) string {
+	t.Helper()
 	f, err := os.Open(fmt.Sprintf("/proc/%d/cgroup", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
+	unified := ""
 	for sc.Scan() {
 		parts := strings.SplitN(sc.Text(), ":", 3)
 		if len(parts) != 3 {
@@ -289,15 +301,17 @@ func cgroupValue(t *testing.T, pid int, controller, v1File, v2File string) strin
 		}
 		for _, c := range strings.Split(parts[1], ",") {
 			if c == controller {
-				return readTrim(t, filepath.Join("/sys/fs/cgroup", parts[1], parts[2], v1File))
+				return filepath.Join("/sys/fs/cgroup", parts[1], parts[2])
 			}
 		}
 		if parts[0] == "0" && parts[1] == "" {
-			return readTrim(t, filepath.Join("/sys/fs/cgroup", parts[2], v2File))
+			unified = filepath.Join("/sys/fs/cgroup", parts[2])
 		}
 	}
-	t.Fatalf("no %s cgroup for pid %d", controller, pid)
-	return ""
+	if unified == "" {
+		t.Fatalf("no %s cgroup for pid %d", controller, pid)
+	}
+	return unified
 }
 
 func readTrim(t *testing.T, path string) string {

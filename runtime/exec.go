@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -38,9 +39,11 @@ type ExecConfig struct {
 	// StopGrace is the time between SIGTERM and SIGKILL in Stop; 0 means
 	// DefaultStopGrace.
 	StopGrace time.Duration
-	// RunAs is the user and group tasks run as; nil means nobody
-	// (65534:65534). Supplementary groups are always dropped.
-	RunAs *Credential
+	// TaskUIDs is where each task's own user (and group) id comes from;
+	// the zero value means DefaultTaskUIDs. Ids are claimed machine-wide
+	// (see uidClaimsDir), so agents sharing a machine may share a range.
+	// Supplementary groups are always dropped.
+	TaskUIDs UIDRange
 }
 
 // Credential is a numeric user and group.
@@ -49,10 +52,11 @@ type Credential struct {
 }
 
 // Exec is the exec driver: each task is a plain host process in its own
-// network namespace and cgroup, running as an unprivileged user with its
-// own working directory and log file. Tasks survive the driver: Close
-// leaves them running, and a driver opened later on the same StateDir
-// adopts them. Exec is safe for concurrent use; operations on one task ID
+// network namespace, mount namespace and cgroup, running as a user of its
+// own with its own working directory and log file. Its mount namespace
+// has a /proc that shows only the task's own processes. Tasks survive the
+// driver: Close leaves them running, and a driver opened later on the
+// same StateDir adopts them. Exec is safe for concurrent use; operations on one task ID
 // are serialised.
 type Exec struct {
 	cfg  ExecConfig
@@ -65,6 +69,9 @@ type Exec struct {
 	// watchers counts watcher goroutines; ops counts public calls in
 	// flight so Close can wait for them before stopping the watchers.
 	watchers, ops sync.WaitGroup
+
+	// warnedProc is set once the log says tasks share the host's /proc.
+	warnedProc atomic.Bool
 
 	mu     sync.Mutex
 	closed bool
@@ -99,8 +106,11 @@ func NewExec(cfg ExecConfig) (*Exec, error) {
 	if cfg.StopGrace == 0 {
 		cfg.StopGrace = DefaultStopGrace
 	}
-	if cfg.RunAs == nil {
-		cfg.RunAs = &Credential{UID: nobody, GID: nobody}
+	if cfg.TaskUIDs == (UIDRange{}) {
+		cfg.TaskUIDs = DefaultTaskUIDs
+	}
+	if err := cfg.TaskUIDs.Validate(); err != nil {
+		return nil, fmt.Errorf("open exec driver: %w", err)
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
@@ -153,14 +163,20 @@ func (e *Exec) adopt() error {
 	if err != nil {
 		return err
 	}
+	keepUIDs := map[string]bool{}
 	for id, err := range bad {
 		e.log.Warn("unreadable task status file; reporting the task as exited so it is cleaned up", "task", id, "err", err)
 		e.tasks[id] = &task{rec: e.deadRecord(id), exited: closedChan()}
+		keepUIDs[id] = true // its uid is unknown: released when Stop finds it
 	}
 	for _, rec := range recs {
 		id := rec.Spec.ID
 		t := &task{rec: rec, exited: make(chan struct{})}
 		e.tasks[id] = t
+		keepUIDs[id] = true
+		if rec.UID != 0 {
+			reclaimUID(rec.UID, claimOwner(e.cfg.Namespace, id), e.log)
+		}
 		if rec.State == StateExited {
 			close(t.exited)
 			continue
@@ -183,6 +199,11 @@ func (e *Exec) adopt() error {
 		if err := e.saveRecord(t.rec); err != nil {
 			e.log.Warn("record exit of adopted task", "task", id, "err", err)
 		}
+	}
+	// Uids of starts that an agent crash cut short before they were
+	// recorded.
+	if err := releaseClaimsOf(e.cfg.Namespace, keepUIDs); err != nil {
+		e.log.Warn("release uids of unrecorded tasks", "err", err)
 	}
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -65,6 +66,13 @@ func assertNothingLeft(t *testing.T, ns string) {
 		if _, err := os.Stat(d); err == nil {
 			t.Errorf("cgroup left behind: %s", d)
 		}
+	}
+	claims, err := uidClaimsOf(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(claims) > 0 {
+		t.Errorf("task uids left claimed: %v", claims)
 	}
 }
 
@@ -130,6 +138,18 @@ func (d *testDriver) waitState(id string, state State) TaskStatus {
 	}
 }
 
+// uidOf is the user id the driver gave task id.
+func (d *testDriver) uidOf(id string) uint32 {
+	d.t.Helper()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	t, ok := d.tasks[id]
+	if !ok {
+		d.t.Fatalf("no task %s", id)
+	}
+	return t.rec.UID
+}
+
 func sleepSpec(id string) TaskSpec {
 	return TaskSpec{ID: id, Job: "sleeper", Command: []string{"/bin/sleep", "1000"}, SpecHash: "hash-" + id}
 }
@@ -177,7 +197,7 @@ func pidGone(pid int) bool {
 	return err != nil || st.State == 'Z'
 }
 
-func TestStartRunsTaskInItsOwnNetnsAndCgroupAsNobody(t *testing.T) {
+func TestStartRunsTaskInItsOwnNamespacesAndCgroupAsAUserOfItsOwn(t *testing.T) {
 	d := openDriver(t, testNamespace(t), "", time.Second)
 	spec := sleepSpec("web-0")
 	spec.CPUMillis, spec.MemoryMB = 250, 64
@@ -231,8 +251,15 @@ func TestStartRunsTaskInItsOwnNetnsAndCgroupAsNobody(t *testing.T) {
 	}
 
 	// Identity and process group.
-	if uid, gid := procField(t, pid, "Uid"), procField(t, pid, "Gid"); uid != "65534" || gid != "65534" {
-		t.Fatalf("task runs as uid %s gid %s, want 65534", uid, gid)
+	uid := d.uidOf("web-0")
+	if r := DefaultTaskUIDs; uid < r.First || uid-r.First >= r.Count {
+		t.Fatalf("task got uid %d, outside the default range %s", uid, r)
+	}
+	if got, gid := procField(t, pid, "Uid"), procField(t, pid, "Gid"); got != fmt.Sprint(uid) || gid != fmt.Sprint(uid) {
+		t.Fatalf("task runs as uid %s gid %s, want %d for both", got, gid, uid)
+	}
+	if holder, err := claimHolder(uid); err != nil || holder != d.ns+"/web-0" {
+		t.Fatalf("uid %d is claimed by %q (%v), want %s/web-0", uid, holder, err, d.ns)
 	}
 	if groups := procField(t, pid, "Groups"); groups != "" {
 		t.Fatalf("task kept supplementary groups %q", groups)
@@ -254,8 +281,25 @@ func TestStartRunsTaskInItsOwnNetnsAndCgroupAsNobody(t *testing.T) {
 	if err := unix.Stat(cwd, &cwdStat); err != nil {
 		t.Fatal(err)
 	}
-	if cwd != filepath.Join(d.dir, "work", "web-0") || cwdStat.Uid != 65534 {
-		t.Fatalf("cwd %s owned by %d, want %s owned by nobody", cwd, cwdStat.Uid, filepath.Join(d.dir, "work", "web-0"))
+	if cwd != filepath.Join(d.dir, "work", "web-0") || cwdStat.Uid != uid {
+		t.Fatalf("cwd %s owned by %d, want %s owned by %d", cwd, cwdStat.Uid, filepath.Join(d.dir, "work", "web-0"), uid)
+	}
+
+	// Mount namespace: its own, with a /proc that hides other users'
+	// processes.
+	taskMnt, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ourMnt, _ := os.Readlink("/proc/self/ns/mnt"); taskMnt == ourMnt {
+		t.Fatalf("task shares the test's mount namespace %s", ourMnt)
+	}
+	mounts, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(mounts), " /proc ") || !strings.Contains(string(mounts), "hidepid=invisible") {
+		t.Fatalf("the task's /proc is not mounted hidepid=invisible:\n%s", mounts)
 	}
 
 	// Cgroups: the process is in them and the limits are set.
@@ -264,13 +308,25 @@ func TestStartRunsTaskInItsOwnNetnsAndCgroupAsNobody(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, h := range cg.hierarchies {
-		dir, err := threadCgroupDir(procCgroup, h)
-		if err != nil {
-			t.Fatal(err)
+	want := "/shoal/" + d.ns + "/web-0"
+	controllers := []string{"cpu", "cpuacct", "memory", "pids"}
+	if cg.v2 {
+		controllers = []string{""}
+	}
+	for _, ctl := range controllers {
+		found := false
+		for line := range strings.Lines(string(procCgroup)) {
+			// hierarchy-id:controller,list:/path
+			parts := strings.SplitN(strings.TrimSpace(line), ":", 3)
+			if len(parts) == 3 && (ctl == "" && parts[1] == "" || ctl != "" && slices.Contains(strings.Split(parts[1], ","), ctl)) {
+				found = true
+				if parts[2] != want {
+					t.Fatalf("task is in %s cgroup %s, want %s", ctl, parts[2], want)
+				}
+			}
 		}
-		if want := filepath.Join(h.Dir, "shoal", d.ns, "web-0"); dir != want {
-			t.Fatalf("task is in cgroup %s, want %s", dir, want)
+		if !found {
+			t.Fatalf("task has no %q cgroup:\n%s", ctl, procCgroup)
 		}
 	}
 	if cg.v2 {
@@ -281,6 +337,9 @@ func TestStartRunsTaskInItsOwnNetnsAndCgroupAsNobody(t *testing.T) {
 		if got := readTrim(t, filepath.Join(dir, "cpu.max")); got != "25000 100000" {
 			t.Fatalf("cpu.max = %s", got)
 		}
+		if got := readTrim(t, filepath.Join(dir, "pids.max")); got != strconv.Itoa(DefaultPids) {
+			t.Fatalf("pids.max = %s, want %d", got, DefaultPids)
+		}
 	} else {
 		if got := readTrim(t, filepath.Join(cg.taskDir("memory", d.ns, "web-0"), "memory.limit_in_bytes")); got != strconv.Itoa(64<<20) {
 			t.Fatalf("memory.limit_in_bytes = %s, want %d", got, 64<<20)
@@ -288,6 +347,9 @@ func TestStartRunsTaskInItsOwnNetnsAndCgroupAsNobody(t *testing.T) {
 		cpu := cg.taskDir("cpu", d.ns, "web-0")
 		if q, p := readTrim(t, filepath.Join(cpu, "cpu.cfs_quota_us")), readTrim(t, filepath.Join(cpu, "cpu.cfs_period_us")); q != "25000" || p != "100000" {
 			t.Fatalf("cfs quota/period = %s/%s, want 25000/100000", q, p)
+		}
+		if got := readTrim(t, filepath.Join(cg.taskDir("pids", d.ns, "web-0"), "pids.max")); got != strconv.Itoa(DefaultPids) {
+			t.Fatalf("pids.max = %s, want %d", got, DefaultPids)
 		}
 	}
 	cpuNanos, memBytes, err := d.Stats(context.Background(), "web-0")
@@ -323,6 +385,9 @@ func TestStartRunsTaskInItsOwnNetnsAndCgroupAsNobody(t *testing.T) {
 	}
 	if !exists(st.LogPath) {
 		t.Fatal("Stop removed the log")
+	}
+	if holder, _ := claimHolder(uid); holder != "" {
+		t.Fatalf("uid %d still claimed by %q after Stop", uid, holder)
 	}
 	if list, _ := d.List(context.Background()); len(list) != 0 {
 		t.Fatalf("List after Stop = %+v", list)
@@ -653,7 +718,7 @@ func TestStartedTaskSeesItsEnvironment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "hi there\n" + filepath.Join(d.dir, "work", "env-0") + "\n65534\n"
+	want := "hi there\n" + filepath.Join(d.dir, "work", "env-0") + "\n" + fmt.Sprint(d.uidOf("env-0")) + "\n"
 	if string(raw) != want {
 		t.Fatalf("task printed %q, want %q", raw, want)
 	}

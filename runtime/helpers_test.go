@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -8,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/containerd/cgroups/v3/cgroup1"
 	"golang.org/x/sys/unix"
 )
 
@@ -71,46 +73,36 @@ func TestReadProcStatOfThisProcess(t *testing.T) {
 	}
 }
 
-const mountinfoV1 = `31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
-32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
-33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
-34 31 0:31 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset
-35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
-40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
-41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
-`
-
-const mountinfoV1CoMounted = `25 24 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
-29 25 0:26 /docker/abc /sys/fs/cgroup/cpu,cpuacct rw,nosuid shared:10 - cgroup cgroup rw,cpu,cpuacct
-30 25 0:27 /docker/abc /sys/fs/cgroup/memory rw,nosuid shared:11 - cgroup cgroup rw,memory
-`
-
-const mountinfoV2 = `24 30 0:22 / /sys rw,nosuid - sysfs sysfs rw
-27 24 0:24 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
-`
-
-func mustCgroupFS(t *testing.T, mountinfo string, unified bool) *cgroupFS {
+// fakeCgroupRoot makes a directory laid out like /sys/fs/cgroup on a v1
+// host with one directory per entry of dirs and the given symlinks.
+func fakeCgroupRoot(t *testing.T, dirs []string, links map[string]string) string {
 	t.Helper()
-	mounts, err := parseMountinfo([]byte(mountinfo))
-	if err != nil {
-		t.Fatal(err)
+	root := t.TempDir()
+	for _, d := range dirs {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
-	cg, err := newCgroupFS(mounts, unified)
-	if err != nil {
-		t.Fatal(err)
+	for name, target := range links {
+		if err := os.Symlink(target, filepath.Join(root, name)); err != nil {
+			t.Fatal(err)
+		}
 	}
-	return cg
+	return root
 }
 
 func TestCgroupPathsOnV1WithSeparateMounts(t *testing.T) {
-	cg := mustCgroupFS(t, mountinfoV1, false)
-	if cg.v2 {
-		t.Fatal("a hybrid host without controllers in its v2 mount is v1")
+	root := fakeCgroupRoot(t, []string{"cpu", "cpuacct", "memory", "pids", "devices"}, nil)
+	cg, err := newCgroupFSv1(root)
+	if err != nil {
+		t.Fatal(err)
 	}
-	want := []string{
-		"/sys/fs/cgroup/cpu/shoal/agent-1/web-2",
-		"/sys/fs/cgroup/cpuacct/shoal/agent-1/web-2",
-		"/sys/fs/cgroup/memory/shoal/agent-1/web-2",
+	if cg.v2 {
+		t.Fatal("a v1 host taken for v2")
+	}
+	var want []string
+	for _, c := range []string{"cpu", "cpuacct", "memory", "pids"} {
+		want = append(want, filepath.Join(root, c, "shoal/agent-1/web-2"))
 	}
 	if got := cg.taskDirs("agent-1", "web-2"); !reflect.DeepEqual(got, want) {
 		t.Fatalf("taskDirs = %v, want %v", got, want)
@@ -118,25 +110,33 @@ func TestCgroupPathsOnV1WithSeparateMounts(t *testing.T) {
 	if got := cg.taskDir("memory", "agent-1", "web-2"); got != want[2] {
 		t.Fatalf("memory dir = %s, want %s", got, want[2])
 	}
-	if got, w := cg.namespaceDirs("agent-1"), []string{"/sys/fs/cgroup/cpu/shoal/agent-1", "/sys/fs/cgroup/cpuacct/shoal/agent-1", "/sys/fs/cgroup/memory/shoal/agent-1"}; !reflect.DeepEqual(got, w) {
-		t.Fatalf("namespaceDirs = %v, want %v", got, w)
+	if got := cg.namespaceDirs("agent-1"); len(got) != 4 || got[3] != filepath.Join(root, "pids/shoal/agent-1") {
+		t.Fatalf("namespaceDirs = %v", got)
 	}
 }
 
 func TestCgroupPathsOnV1WithCoMountedControllers(t *testing.T) {
-	cg := mustCgroupFS(t, mountinfoV1CoMounted, false)
-	want := []string{"/sys/fs/cgroup/cpu,cpuacct/shoal/n/t", "/sys/fs/cgroup/memory/shoal/n/t"}
-	if got := cg.taskDirs("n", "t"); !reflect.DeepEqual(got, want) {
-		t.Fatalf("taskDirs = %v, want %v", got, want)
+	root := fakeCgroupRoot(t, []string{"cpu,cpuacct", "memory", "pids"}, map[string]string{"cpu": "cpu,cpuacct", "cpuacct": "cpu,cpuacct"})
+	cg, err := newCgroupFSv1(root)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if got := cg.taskDir("cpuacct", "n", "t"); got != want[0] {
-		t.Fatalf("cpuacct dir = %s, want %s", got, want[0])
+	want := []string{filepath.Join(root, "cpu,cpuacct/shoal/n/t"), filepath.Join(root, "memory/shoal/n/t"), filepath.Join(root, "pids/shoal/n/t")}
+	if got := cg.taskDirs("n", "t"); !reflect.DeepEqual(got, want) {
+		t.Fatalf("taskDirs = %v, want %v (one per distinct hierarchy)", got, want)
 	}
 }
 
 func TestCgroupPathsOnV2(t *testing.T) {
-	cg := mustCgroupFS(t, mountinfoV2, true)
-	want := []string{"/sys/fs/cgroup/shoal/n/web-0"}
+	root := t.TempDir()
+	if err := os.WriteFile(filepath.Join(root, "cgroup.controllers"), []byte("cpuset cpu io memory hugetlb pids rdma misc\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cg, err := newCgroupFSv2(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{filepath.Join(root, "shoal/n/web-0")}
 	if got := cg.taskDirs("n", "web-0"); !cg.v2 || !reflect.DeepEqual(got, want) {
 		t.Fatalf("v2=%v taskDirs = %v, want %v", cg.v2, got, want)
 	}
@@ -145,16 +145,22 @@ func TestCgroupPathsOnV2(t *testing.T) {
 	}
 }
 
-func TestNewCgroupFSNeedsEveryController(t *testing.T) {
-	mounts, err := parseMountinfo([]byte("32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n"))
-	if err != nil {
+func TestCgroupsNeedEveryControllerAndSayWhichIsMissing(t *testing.T) {
+	root := fakeCgroupRoot(t, []string{"cpu", "cpuacct", "memory"}, nil)
+	_, err := newCgroupFSv1(root)
+	if !errors.Is(err, ErrCgroupsUnavailable) || !strings.Contains(err.Error(), "v1 pids controller is not mounted") {
+		t.Fatalf("v1 without pids: %v, want ErrCgroupsUnavailable naming pids", err)
+	}
+	v2 := t.TempDir()
+	if err := os.WriteFile(filepath.Join(v2, "cgroup.controllers"), []byte("cpu memory\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := newCgroupFS(mounts, false); err == nil || !strings.Contains(err.Error(), "cpuacct") {
-		t.Fatalf("want an error naming the missing controller, got %v", err)
+	_, err = newCgroupFSv2(v2)
+	if !errors.Is(err, ErrCgroupsUnavailable) || !strings.Contains(err.Error(), "v2 pids controller is not available") {
+		t.Fatalf("v2 without pids: %v, want ErrCgroupsUnavailable naming pids", err)
 	}
-	if _, err := newCgroupFS(mounts, true); err == nil {
-		t.Fatal("want an error without a cgroup2 mount")
+	if _, err := newCgroupFSv2(t.TempDir()); !errors.Is(err, ErrCgroupsUnavailable) {
+		t.Fatalf("v2 without cgroup.controllers: %v", err)
 	}
 }
 
@@ -171,50 +177,20 @@ func TestParseMountinfoUnescapesPaths(t *testing.T) {
 	}
 }
 
-func TestThreadCgroupDirMapsProcPathsToMountedDirs(t *testing.T) {
-	procCgroup := []byte("9:name=systemd:/\n4:memory:/process_api/abc\n2:cpuacct:/\n1:cpu,cpuacct:/docker/abc/sub\n0::/\n")
-	for _, tc := range []struct {
-		h    cgroupHierarchy
-		want string
-	}{
-		{cgroupHierarchy{Dir: "/sys/fs/cgroup/memory", Root: "/", Controllers: []string{"memory"}}, "/sys/fs/cgroup/memory/process_api/abc"},
-		{cgroupHierarchy{Dir: "/sys/fs/cgroup/cpu,cpuacct", Root: "/docker/abc", Controllers: []string{"cpu", "cpuacct"}}, "/sys/fs/cgroup/cpu,cpuacct/sub"},
-	} {
-		got, err := threadCgroupDir(procCgroup, tc.h)
-		if err != nil || got != tc.want {
-			t.Errorf("threadCgroupDir(%v) = %q, %v; want %q", tc.h.Controllers, got, err, tc.want)
-		}
-	}
-	outside := cgroupHierarchy{Dir: "/sys/fs/cgroup/memory", Root: "/other", Controllers: []string{"memory"}}
-	if _, err := threadCgroupDir(procCgroup, outside); err == nil {
-		t.Fatal("want an error for a cgroup outside the mounted sub-tree")
-	}
-}
-
 func TestLimitsForConvertsMillisAndMegabytes(t *testing.T) {
 	for _, tc := range []struct {
-		cpu, mem int64
-		want     cgroupLimits
+		cpu, mem, pids int64
+		want           cgroupLimits
 	}{
-		{0, 0, cgroupLimits{CFSQuotaMicros: -1, MemoryBytes: -1}},
-		{250, 64, cgroupLimits{CFSQuotaMicros: 25_000, MemoryBytes: 64 << 20}},
-		{1000, 1, cgroupLimits{CFSQuotaMicros: 100_000, MemoryBytes: 1 << 20}},
-		{2500, 0, cgroupLimits{CFSQuotaMicros: 250_000, MemoryBytes: -1}},
-		{5, 0, cgroupLimits{CFSQuotaMicros: minCFSQuotaMicros, MemoryBytes: -1}}, // the kernel's minimum
+		{0, 0, 0, cgroupLimits{CFSQuotaMicros: -1, MemoryBytes: -1, Pids: DefaultPids}},
+		{250, 64, 0, cgroupLimits{CFSQuotaMicros: 25_000, MemoryBytes: 64 << 20, Pids: DefaultPids}},
+		{1000, 1, 50, cgroupLimits{CFSQuotaMicros: 100_000, MemoryBytes: 1 << 20, Pids: 50}},
+		{2500, 0, 1, cgroupLimits{CFSQuotaMicros: 250_000, MemoryBytes: -1, Pids: 1}},
+		{5, 0, 0, cgroupLimits{CFSQuotaMicros: minCFSQuotaMicros, MemoryBytes: -1, Pids: DefaultPids}}, // the kernel's minimum
 	} {
-		if got := limitsFor(TaskSpec{CPUMillis: tc.cpu, MemoryMB: tc.mem}); got != tc.want {
-			t.Errorf("limitsFor(cpu %d, mem %d) = %+v, want %+v", tc.cpu, tc.mem, got, tc.want)
+		if got := limitsFor(TaskSpec{CPUMillis: tc.cpu, MemoryMB: tc.mem, Pids: tc.pids}); got != tc.want {
+			t.Errorf("limitsFor(cpu %d, mem %d, pids %d) = %+v, want %+v", tc.cpu, tc.mem, tc.pids, got, tc.want)
 		}
-	}
-}
-
-func TestParseFlatKeyed(t *testing.T) {
-	raw := []byte("usage_usec 1234\nuser_usec 1000\nsystem_usec 234\n")
-	if v, err := parseFlatKeyed(raw, "usage_usec"); err != nil || v != 1234 {
-		t.Fatalf("got %d, %v", v, err)
-	}
-	if _, err := parseFlatKeyed(raw, "nope"); err == nil {
-		t.Fatal("want an error for a missing key")
 	}
 }
 
@@ -272,6 +248,8 @@ func TestTaskSpecValidateNamesTheBadField(t *testing.T) {
 		{"negative memory", func(s *TaskSpec) { s.MemoryMB = -1 }, "memory"},
 		{"negative cpu", func(s *TaskSpec) { s.CPUMillis = -1 }, "cpu"},
 		{"negative replica", func(s *TaskSpec) { s.Replica = -1 }, "replica"},
+		{"negative pids", func(s *TaskSpec) { s.Pids = -1 }, "pids"},
+		{"too many pids", func(s *TaskSpec) { s.Pids = 4_194_305 }, "pids"},
 		{"NUL in args", func(s *TaskSpec) { s.Args = []string{"a\x00b"} }, "NUL"},
 		{"bad env name", func(s *TaskSpec) { s.Env = map[string]string{"A=B": "c"} }, "env"},
 	} {
@@ -327,5 +305,45 @@ func TestExitCodeOf(t *testing.T) {
 	}
 	if got := exitCodeOf(unix.WaitStatus(unix.SIGKILL)); got != 137 {
 		t.Errorf("SIGKILL -> %d, want 137", got)
+	}
+}
+
+func TestRouterNamesTheReasonADriverIsDisabled(t *testing.T) {
+	var missing *Exec // what a failed NewExec leaves
+	r := NewRouter(map[string]Driver{DriverExec: missing})
+	r.Disable(DriverExec, "detect cgroups: cgroup controllers unavailable: the v1 pids controller is not mounted")
+	_, err := r.Start(context.Background(), TaskSpec{ID: "web-0", Driver: DriverExec, Command: []string{"/bin/true"}})
+	if !errors.Is(err, ErrInvalidSpec) || !strings.Contains(err.Error(), `driver "exec": it is disabled on this node: detect cgroups`) {
+		t.Fatalf("Start on a disabled driver = %v", err)
+	}
+	if got := r.Disabled(); len(got) != 1 || got[DriverExec] == "" {
+		t.Fatalf("Disabled = %v", got)
+	}
+	if tasks, err := r.List(context.Background()); err != nil || len(tasks) != 0 {
+		t.Fatalf("List without drivers = %v, %v", tasks, err)
+	}
+}
+
+func TestThreadCgroupPathsAreRelativeToTheMountedSubtree(t *testing.T) {
+	procCgroup := []byte("12:misc:/\n9:name=systemd:/\n4:memory:/docker/abc/sub\n2:cpu,cpuacct:/docker/abc\n6:pids:/docker/abc\n0::/\n")
+	mounts, err := parseMountinfo([]byte(`29 25 0:26 /docker/abc /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct
+30 25 0:27 /docker/abc /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory
+31 25 0:28 / /sys/fs/cgroup/pids rw,nosuid - cgroup cgroup rw,pids
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// misc is listed but not mounted: it does not matter.
+	got, err := threadCgroupPaths(procCgroup, mounts, []cgroup1.Name{cgroup1.Cpu, cgroup1.Cpuacct, cgroup1.Memory, cgroup1.Pids})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[cgroup1.Name]string{cgroup1.Cpu: "/", cgroup1.Cpuacct: "/", cgroup1.Memory: "/sub", cgroup1.Pids: "/docker/abc"}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	outside := []byte("4:memory:/other\n")
+	if _, err := threadCgroupPaths(outside, mounts, []cgroup1.Name{cgroup1.Memory}); err == nil {
+		t.Fatal("want an error for a cgroup outside the mounted sub-tree")
 	}
 }

@@ -49,23 +49,33 @@ func DialInNetNS(ctx context.Context, nsPath, network, addr string) (net.Conn, e
 }
 
 // RunInNetNS runs argv to completion inside the network namespace at
-// nsPath as the given user, and returns its combined output. The child is
-// forked from the namespace-switched thread, so it starts inside.
+// nsPath as the given user, and returns at most ExecOutputLimit bytes of
+// its combined output. The child is forked from the namespace-switched
+// thread, so it starts inside. When ctx ends, its whole process group is
+// killed.
 func RunInNetNS(ctx context.Context, nsPath string, argv []string, cred Credential) ([]byte, error) {
 	if len(argv) == 0 {
 		return nil, fmt.Errorf("run in %s: empty command: %w", nsPath, ErrInvalidSpec)
 	}
-	var out []byte
-	err := inNetNS(nsPath, func() error {
-		cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-		cmd.SysProcAttr = &syscall.SysProcAttr{
-			Credential: &syscall.Credential{Uid: cred.UID, Gid: cred.GID},
+	prog, err := exec.LookPath(argv[0])
+	if err != nil {
+		return nil, fmt.Errorf("run in %s: %w", nsPath, err)
+	}
+	cmd := &exec.Cmd{
+		Path: prog,
+		Args: argv,
+		Dir:  "/",
+		SysProcAttr: &syscall.SysProcAttr{
+			Credential: &syscall.Credential{Uid: cred.UID, Gid: cred.GID, Groups: []uint32{}},
 			Setpgid:    true,
-		}
-		cmd.Dir = "/"
-		var err error
-		out, err = cmd.CombinedOutput()
-		return err
-	})
-	return out, err
+		},
+	}
+	start := func() error {
+		return inNetNS(nsPath, cmd.Start)
+	}
+	out, err := runCapped(ctx, cmd, start, nil)
+	if err != nil {
+		return out, fmt.Errorf("run in %s: %w", nsPath, err)
+	}
+	return out, nil
 }

@@ -35,7 +35,10 @@ type taskRecord struct {
 	PID       int      `json:"pid"`
 	// StartTicks is field 22 of /proc/<pid>/stat when the task started;
 	// a live pid with another start time is a different process.
-	StartTicks uint64    `json:"startTicks"`
+	StartTicks uint64 `json:"startTicks"`
+	// UID is the task's own user and group id, claimed from the driver's
+	// range; 0 in records of older agents, whose tasks ran as nobody.
+	UID        uint32    `json:"uid,omitempty"`
 	ExitCode   int       `json:"exitCode"`
 	StartedAt  time.Time `json:"startedAt"`
 	FinishedAt time.Time `json:"finishedAt"`

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 )
 
@@ -16,6 +17,8 @@ type Driver interface {
 	// Status reports one task, ErrNotFound for one the driver lacks.
 	Status(ctx context.Context, id string) (TaskStatus, error)
 	Stats(ctx context.Context, id string) (cpuUsageNanos, memoryBytes uint64, err error)
+	// ExecIn runs a command inside a running task (health checks).
+	ExecIn(ctx context.Context, id string, argv []string) ([]byte, error)
 	LogPath(id string) string
 	Close() error
 }
@@ -28,19 +31,48 @@ type Router struct {
 	drivers map[string]Driver
 	// order fixes the iteration order so List and lookups are stable.
 	order []string
+	// disabled says why a driver is missing (Disable).
+	disabled map[string]string
 }
 
 // NewRouter routes to the given drivers by name (DriverExec,
-// DriverContainerd). A nil driver is left out: specs naming it fail.
+// DriverContainerd). A nil driver (also a nil *Exec or *Containerd) is
+// left out: specs naming it fail.
 func NewRouter(drivers map[string]Driver) *Router {
-	r := &Router{drivers: map[string]Driver{}}
+	r := &Router{drivers: map[string]Driver{}, disabled: map[string]string{}}
 	for _, name := range []string{DriverExec, DriverContainerd} {
-		if d := drivers[name]; d != nil {
+		if d := drivers[name]; !isNilDriver(d) {
 			r.drivers[name] = d
 			r.order = append(r.order, name)
 		}
 	}
 	return r
+}
+
+func isNilDriver(d Driver) bool {
+	switch d := d.(type) {
+	case nil:
+		return true
+	case *Exec:
+		return d == nil
+	case *Containerd:
+		return d == nil
+	}
+	return false
+}
+
+// Disable records why driver name is not available on this node (e.g. an
+// error wrapping ErrCgroupsUnavailable from NewExec), so replicas that
+// need it fail with the reason. It must be called before the router is
+// used.
+func (r *Router) Disable(name, reason string) {
+	r.disabled[name] = reason
+}
+
+// Disabled returns the drivers that are not available, with the reasons
+// given to Disable.
+func (r *Router) Disabled() map[string]string {
+	return maps.Clone(r.disabled)
 }
 
 // Start starts spec on the driver it names; an empty driver means exec.
@@ -51,7 +83,11 @@ func (r *Router) Start(ctx context.Context, spec TaskSpec) (TaskStatus, error) {
 	}
 	d := r.drivers[name]
 	if d == nil {
-		return TaskStatus{}, fmt.Errorf("start task %s: %w: driver %q is not available on this node", spec.ID, ErrInvalidSpec, name)
+		why := "it is not available on this node"
+		if reason := r.disabled[name]; reason != "" {
+			why = "it is disabled on this node: " + reason
+		}
+		return TaskStatus{}, fmt.Errorf("start task %s: %w: driver %q: %s", spec.ID, ErrInvalidSpec, name, why)
 	}
 	st, err := d.Start(ctx, spec)
 	st.Driver = name
@@ -113,6 +149,19 @@ func (r *Router) Stats(ctx context.Context, id string) (uint64, uint64, error) {
 		errs = append(errs, err)
 	}
 	return 0, 0, errors.Join(errs...)
+}
+
+// ExecIn runs argv inside task id, on the driver that runs it.
+func (r *Router) ExecIn(ctx context.Context, id string, argv []string) ([]byte, error) {
+	var errs []error
+	for _, name := range r.order {
+		_, err := r.drivers[name].Status(ctx, id)
+		if err == nil {
+			return r.drivers[name].ExecIn(ctx, id, argv)
+		}
+		errs = append(errs, err)
+	}
+	return nil, fmt.Errorf("exec in task %s: find its driver: %w", id, errors.Join(errs...))
 }
 
 // LogPath is the log file of id: the first driver's that exists, else the

@@ -18,17 +18,21 @@ import (
 // defaultPath is the PATH of a task whose Env has none.
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-// Start starts a task: it creates the task's cgroup (with the CPU and
-// memory limits) and network namespace (lo up), then the process inside
-// both, as the configured user, in its own process group, in a fresh
-// working directory, with stdout and stderr appended to the task's log
-// file. The task is recorded in the state directory before Start returns.
-// An ID the driver already tracks gives ErrExists; an invalid spec gives
-// an error wrapping ErrInvalidSpec. On error nothing is left behind but
-// the log file.
+// Start starts a task: it creates the task's cgroup (with the CPU,
+// memory and pids limits) and network namespace (lo up), then the process
+// inside both and in a mount namespace of its own (see isolateMounts), as
+// a user of its own from the driver's range, in its own process group, in
+// a fresh working directory, with stdout and stderr appended to the
+// task's log file. The task is recorded in the state directory before
+// Start returns. An ID the driver already tracks gives ErrExists; an
+// invalid spec gives an error wrapping ErrInvalidSpec. On error nothing is
+// left behind but the log file.
 func (e *Exec) Start(ctx context.Context, spec TaskSpec) (TaskStatus, error) {
 	if err := spec.Validate(); err != nil {
 		return TaskStatus{}, fmt.Errorf("start task: %w", err)
+	}
+	if len(spec.CapAdd) > 0 {
+		return TaskStatus{}, fmt.Errorf("start task %s: %w: cap add: exec tasks run without capabilities", spec.ID, ErrInvalidSpec)
 	}
 	id := spec.ID
 	end, err := e.begin(ctx, id)
@@ -63,13 +67,21 @@ func (e *Exec) Start(ctx context.Context, spec TaskSpec) (TaskStatus, error) {
 		return TaskStatus{}, fmt.Errorf("start task %s: clear leftovers: %w", id, err)
 	}
 
+	owner := claimOwner(e.cfg.Namespace, id)
+	uid, err := claimUID(e.cfg.TaskUIDs, owner)
+	if err != nil {
+		return TaskStatus{}, fmt.Errorf("start task %s: %w", id, err)
+	}
 	rec := taskRecord{
-		Version: recordVersion, Namespace: e.cfg.Namespace, Spec: spec, State: stateStarting,
+		Version: recordVersion, Namespace: e.cfg.Namespace, Spec: spec, State: stateStarting, UID: uid,
 		NetNS: netnsPath(e.cfg.Namespace, id), LogPath: e.logPath(id), WorkDir: e.workDir(id),
 	}
 	// Recorded first, so that an agent dying from here on leaves a record
 	// the next one reports (as exited) and cleans up with Stop.
 	if err := e.saveRecord(rec); err != nil {
+		if cerr := releaseUID(uid, owner); cerr != nil {
+			e.log.Warn("clean up after failed start", "task", id, "err", cerr)
+		}
 		return TaskStatus{}, fmt.Errorf("start task %s: %w", id, err)
 	}
 	pidfd, err := e.launch(&rec, prog)
@@ -78,6 +90,9 @@ func (e *Exec) Start(ctx context.Context, spec TaskSpec) (TaskStatus, error) {
 			e.log.Warn("clean up after failed start", "task", id, "err", cerr)
 		}
 		if cerr := e.removeRecord(id); cerr != nil {
+			e.log.Warn("clean up after failed start", "task", id, "err", cerr)
+		}
+		if cerr := releaseUID(uid, owner); cerr != nil {
 			e.log.Warn("clean up after failed start", "task", id, "err", cerr)
 		}
 		return TaskStatus{}, fmt.Errorf("start task %s: %w", id, err)
@@ -89,7 +104,7 @@ func (e *Exec) Start(ctx context.Context, spec TaskSpec) (TaskStatus, error) {
 	// Close waits for this call (begin/end) before it waits for watchers.
 	e.watchers.Add(1)
 	go e.watch(t, pidfd)
-	e.log.Info("started task", "task", id, "pid", rec.PID, "netns", rec.NetNS)
+	e.log.Info("started task", "task", id, "pid", rec.PID, "uid", rec.UID, "netns", rec.NetNS)
 	return rec.status(), nil
 }
 
@@ -107,7 +122,7 @@ func (e *Exec) launch(rec *taskRecord, prog string) (pidfd int, err error) {
 	if err := createNetns(netnsName(ns, spec.ID)); err != nil {
 		return -1, err
 	}
-	work, err := e.makeWorkDir(spec.ID)
+	work, err := e.makeWorkDir(spec.ID, rec.UID)
 	if err != nil {
 		return -1, err
 	}
@@ -127,10 +142,8 @@ func (e *Exec) launch(rec *taskRecord, prog string) (pidfd int, err error) {
 		SysProcAttr: &syscall.SysProcAttr{
 			// Own process group: terminal signals aimed at the agent do
 			// not reach it. No Pdeathsig: tasks outlive the agent.
-			Setpgid: true,
-			Credential: &syscall.Credential{
-				Uid: e.cfg.RunAs.UID, Gid: e.cfg.RunAs.GID, Groups: []uint32{},
-			},
+			Setpgid:    true,
+			Credential: &syscall.Credential{Uid: rec.UID, Gid: rec.UID, Groups: []uint32{}},
 		},
 	}
 	if err := e.spawn(cmd, spec.ID, rec.NetNS, work); err != nil {
@@ -168,12 +181,12 @@ func (e *Exec) launch(rec *taskRecord, prog string) (pidfd int, err error) {
 
 // makeWorkDir creates the task's empty working directory, owned by the
 // task's user, and opens it.
-func (e *Exec) makeWorkDir(id string) (*os.File, error) {
+func (e *Exec) makeWorkDir(id string, uid uint32) (*os.File, error) {
 	dir := e.workDir(id)
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create working dir: %w", err)
 	}
-	if err := os.Lchown(dir, int(e.cfg.RunAs.UID), int(e.cfg.RunAs.GID)); err != nil {
+	if err := os.Lchown(dir, int(uid), int(uid)); err != nil {
 		return nil, fmt.Errorf("create working dir: %w", err)
 	}
 	f, err := os.Open(dir)
@@ -184,13 +197,14 @@ func (e *Exec) makeWorkDir(id string) (*os.File, error) {
 }
 
 // spawn starts cmd so that the child is born in the task's network
-// namespace, cgroup and working directory. All three are set on one
-// locked OS thread just before the fork, since a child inherits them
-// from the thread that forks it:
+// namespace, mount namespace, cgroup and working directory. All are set
+// on one locked OS thread just before the fork, since a child inherits
+// them from the thread that forks it:
 //   - the working directory by fchdir after unsharing the thread's
 //     filesystem context, so the task's user needs no search permission on
 //     the state directory's parents (the agent's data dir is 0700);
 //   - the network namespace by setns;
+//   - a new mount namespace with a private /proc (isolateMounts);
 //   - the cgroup by moving the thread into it (v1) or clone3 with
 //     CLONE_INTO_CGROUP (v2), so no child of the task escapes before it is
 //     moved.
@@ -214,26 +228,30 @@ func (e *Exec) spawnOnLockedThread(cmd *exec.Cmd, id, nsPath string, work *os.Fi
 	if err := unix.Fchdir(int(work.Fd())); err != nil {
 		return fmt.Errorf("enter working dir: %w", err)
 	}
-	orig, err := netns.Get()
+	leaveNetns, err := enterNetns(nsPath, func(err error) {
+		e.log.Warn("leave task netns on discarded thread", "task", id, "err", err)
+	})
 	if err != nil {
-		return fmt.Errorf("get current netns: %w", err)
+		return err
 	}
-	defer orig.Close()
-	target, err := netns.GetFromPath(nsPath)
+	defer leaveNetns()
+	leaveMounts, err := rememberMountNS(func(err error) {
+		e.log.Warn("leave task mount namespace on discarded thread", "task", id, "err", err)
+	})
 	if err != nil {
-		return fmt.Errorf("open netns %s: %w", nsPath, err)
+		return err
 	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		return fmt.Errorf("enter netns %s: %w", nsPath, err)
+	defer leaveMounts()
+	procShared, detachErr, err := isolateMounts()
+	if err != nil {
+		return err
 	}
-	// Moving back matters only if this is the main thread, which the
-	// runtime parks instead of discarding: it would pin the namespace.
-	defer func() {
-		if err := netns.Set(orig); err != nil {
-			e.log.Warn("leave task netns on discarded thread", "task", id, "err", err)
-		}
-	}()
+	if detachErr != nil {
+		e.log.Warn("task keeps some of the host's mounts", "task", id, "err", detachErr)
+	}
+	if procShared && !e.warnedProc.Swap(true) {
+		e.log.Warn("this kernel (before 5.8) cannot give tasks a private /proc: exec tasks can list other processes, though not read their environments")
+	}
 	leave, err := e.cg.enter(e.cfg.Namespace, id, cmd.SysProcAttr)
 	if err != nil {
 		return fmt.Errorf("enter cgroup: %w", err)
@@ -248,6 +266,49 @@ func (e *Exec) spawnOnLockedThread(cmd *exec.Cmd, id, nsPath string, work *os.Fi
 		return fmt.Errorf("start process: %w", startErr)
 	}
 	return nil
+}
+
+// enterNetns switches the calling thread, locked and about to be
+// discarded, into the network namespace at nsPath. leave moves it back,
+// which matters only if this is the main thread, which the runtime parks
+// instead of discarding: it would pin the namespace.
+func enterNetns(nsPath string, warn func(error)) (leave func(), err error) {
+	orig, err := netns.Get()
+	if err != nil {
+		return nil, fmt.Errorf("get current netns: %w", err)
+	}
+	target, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		orig.Close()
+		return nil, fmt.Errorf("open netns %s: %w", nsPath, err)
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		orig.Close()
+		return nil, fmt.Errorf("enter netns %s: %w", nsPath, err)
+	}
+	return func() {
+		if err := netns.Set(orig); err != nil {
+			warn(err)
+		}
+		orig.Close()
+	}, nil
+}
+
+// rememberMountNS remembers the calling thread's mount namespace, for
+// leave to return to it (see enterNetns on why), before the caller
+// unshares or enters another one.
+func rememberMountNS(warn func(error)) (leave func(), err error) {
+	orig, err := unix.Open("/proc/thread-self/ns/mnt", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open this thread's mount namespace: %w", err)
+	}
+	return func() {
+		if err := unix.Setns(orig, unix.CLONE_NEWNS); err != nil {
+			warn(err)
+		}
+		unix.Close(orig)
+	}, nil
 }
 
 // lookPath resolves a task's program: an absolute path as is, a bare name

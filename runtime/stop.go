@@ -30,12 +30,32 @@ func (e *Exec) Stop(ctx context.Context, id string) error {
 	defer end()
 	e.mu.Lock()
 	t := e.tasks[id]
+	var uid uint32
+	if t != nil {
+		uid = t.rec.UID
+	}
 	e.mu.Unlock()
 	if err := e.terminate(ctx, t, id); err != nil {
 		return fmt.Errorf("stop task %s: %w", id, err)
 	}
 	if err := e.removeResources(id); err != nil {
 		return fmt.Errorf("stop task %s: %w", id, err)
+	}
+	owner := claimOwner(e.cfg.Namespace, id)
+	if uid == 0 {
+		// Unknown or unreadable record: whatever uid the task had.
+		claims, err := uidClaimsOf(e.cfg.Namespace)
+		if err != nil {
+			return fmt.Errorf("stop task %s: %w", id, err)
+		}
+		uid = claims[id]
+	}
+	if uid != 0 {
+		// Only now: the task's processes are gone, so no other task can
+		// get its uid while they run.
+		if err := releaseUID(uid, owner); err != nil {
+			return fmt.Errorf("stop task %s: %w", id, err)
+		}
 	}
 	if err := e.removeRecord(id); err != nil {
 		return fmt.Errorf("stop task %s: %w", id, err)
@@ -228,6 +248,10 @@ func Cleanup(namespace string) error {
 		if err := unix.Rmdir(d); err != nil && !errors.Is(err, unix.ENOENT) {
 			errs = append(errs, fmt.Errorf("remove cgroup %s: %w", d, err))
 		}
+	}
+	// The uids of its exec tasks, which are gone now.
+	if err := releaseClaimsOf(namespace, nil); err != nil {
+		errs = append(errs, err)
 	}
 	// Files the agent wrote for its replicas (secrets, configs).
 	if err := os.RemoveAll(filepath.Join(RunDir, namespace)); err != nil {

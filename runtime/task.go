@@ -30,6 +30,10 @@ type TaskSpec struct {
 	CPUMillis int64 `json:"cpuMillis"`
 	// MemoryMB is the hard memory limit in MiB; 0 means no limit.
 	MemoryMB int64 `json:"memoryMB"`
+	// Pids caps the task's processes and threads (pids.max of its
+	// cgroup); 0 means DefaultPids. There is no "unlimited": a fork bomb
+	// must stay inside its task.
+	Pids int64 `json:"pids,omitempty"`
 	// Hostname is informational for the exec driver (it shares the host's
 	// UTS namespace).
 	Hostname string `json:"hostname,omitempty"`
@@ -52,6 +56,9 @@ type TaskSpec struct {
 	// Mounts are host directories bound into the container (containerd
 	// only).
 	Mounts []Mount `json:"mounts,omitempty"`
+	// CapAdd names capabilities ("NET_RAW" or "CAP_NET_RAW") added to the
+	// container's default set, which lacks CAP_NET_RAW (containerd only).
+	CapAdd []string `json:"capAdd,omitempty"`
 }
 
 // Mount binds a host directory into a container.
@@ -121,7 +128,14 @@ const (
 	// maxCPUMillis keeps the CFS quota (millis*100 µs) sane: 1,000,000
 	// millis is 1000 CPUs.
 	maxCPUMillis = 1_000_000
+	// maxPids is the kernel's PID_MAX_LIMIT.
+	maxPids = 4_194_304
 )
+
+// DefaultPids is the pids limit of a task whose spec sets none (the API's
+// default too): room for a busy server's threads, small enough that a fork
+// bomb fills its own cgroup long before the node's pid space.
+const DefaultPids = 1024
 
 // ValidateTaskID reports whether id can name a task: 1 to 128 lowercase
 // letters, digits and '-', starting and ending with a letter or digit. Task
@@ -190,6 +204,8 @@ func (s TaskSpec) Validate() error {
 		return bad("cpu millis", "must be between 0 and %d", maxCPUMillis)
 	case s.MemoryMB < 0 || s.MemoryMB > maxMemoryMB:
 		return bad("memory MB", "must be between 0 and %d", int64(maxMemoryMB))
+	case s.Pids < 0 || s.Pids > maxPids:
+		return bad("pids", "must be between 0 (the default, %d) and %d", DefaultPids, maxPids)
 	}
 	for i, a := range append(append([]string(nil), s.Command...), s.Args...) {
 		if strings.IndexByte(a, 0) >= 0 {
@@ -237,7 +253,26 @@ func (s TaskSpec) validateContainer() error {
 			return bad("mounts", "source %q and target %q must be absolute paths", m.Source, m.Target)
 		}
 	}
+	for _, c := range s.CapAdd {
+		if c == "" || strings.ContainsFunc(c, func(r rune) bool { return !(r >= 'A' && r <= 'Z' || r == '_') }) {
+			return bad("cap add", "%q is not a capability name such as NET_RAW", c)
+		}
+	}
 	return nil
+}
+
+// capabilityName is the kernel's name of a capability given as "NET_RAW"
+// or "CAP_NET_RAW".
+func capabilityName(s string) string {
+	return "CAP_" + strings.TrimPrefix(s, "CAP_")
+}
+
+// pidsLimit is the pids.max a spec asks for.
+func (s TaskSpec) pidsLimit() int64 {
+	if s.Pids > 0 {
+		return s.Pids
+	}
+	return DefaultPids
 }
 
 // normalizeRef turns a short image reference (hello:1) into the full name

@@ -10,9 +10,10 @@ import (
 // Wire format. All integers are unsigned varints unless noted.
 //
 //	records: 'R' count record*
-//	record:  str(kind) str(id) wall logical str(node) flags str(body)
+//	record:  str(kind) str(id) wall logical str(node) flags str(body) [str(sig)]
 //	str:     length bytes
-//	flags:   one byte, bit 0 = deleted, other bits zero
+//	flags:   one byte, bit 0 = deleted, bit 1 = signed (str(sig) follows
+//	         the body), other bits zero
 //
 //	digest:  'D' root[32] bitmap[32] bucket*
 //
@@ -24,6 +25,7 @@ const (
 	digestTag  = 'D'
 
 	flagDeleted = 1 << 0
+	flagSigned  = 1 << 1
 
 	// minRecordLen is the smallest encoded record: three one-byte names,
 	// one-byte wall, counter, flags and body length.
@@ -140,7 +142,7 @@ func DecodeDigest(b []byte) (Digest, error) {
 }
 
 func encodedRecordLen(r *Record) int {
-	return 5*binary.MaxVarintLen64 + len(r.Kind) + len(r.ID) + len(r.Version.Node) + len(r.Body) + 2*binary.MaxVarintLen32
+	return 6*binary.MaxVarintLen64 + len(r.Kind) + len(r.ID) + len(r.Version.Node) + len(r.Body) + len(r.Sig) + 2*binary.MaxVarintLen32
 }
 
 func appendString(b []byte, s string) []byte {
@@ -158,9 +160,17 @@ func appendRecord(b []byte, r *Record) []byte {
 	if r.Deleted {
 		flags |= flagDeleted
 	}
+	if len(r.Sig) > 0 {
+		flags |= flagSigned
+	}
 	b = append(b, flags)
 	b = binary.AppendUvarint(b, uint64(len(r.Body)))
-	return append(b, r.Body...)
+	b = append(b, r.Body...)
+	if len(r.Sig) > 0 {
+		b = binary.AppendUvarint(b, uint64(len(r.Sig)))
+		b = append(b, r.Sig...)
+	}
+	return b
 }
 
 // decodeRecord decodes one record encoded by appendRecord, as stored on disk.
@@ -241,13 +251,19 @@ func (d *decoder) record() Record {
 	}
 	flags := d.b[0]
 	d.b = d.b[1:]
-	if flags&^flagDeleted != 0 {
+	if flags&^(flagDeleted|flagSigned) != 0 {
 		d.fail("unknown flags %#x", flags)
 	}
 	r.Version.WallNanos, r.Version.Logical = int64(wall), uint32(logical)
 	r.Deleted = flags&flagDeleted != 0
 	if body := d.bytes("body", MaxBodyLen); len(body) > 0 {
 		r.Body = body
+	}
+	if flags&flagSigned != 0 {
+		// An empty signature would re-encode without the flag.
+		if r.Sig = d.bytes("signature", MaxSigLen); d.err == nil && len(r.Sig) == 0 {
+			d.fail("signed flag with an empty signature")
+		}
 	}
 	if d.err != nil {
 		return Record{}

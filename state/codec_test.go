@@ -168,6 +168,7 @@ func FuzzDecodeRecords(f *testing.F) {
 	f.Add(EncodeRecords(nil))
 	f.Add(EncodeRecords(sampleRecords()))
 	f.Add(EncodeRecords(sampleRecords()[2:3]))
+	f.Add(EncodeRecords([]Record{signedSample()}))
 	f.Add([]byte{recordsTag, 0xff, 0xff, 0xff, 0xff, 0x0f})
 	f.Add([]byte("R\x01\x03job\x03web\x01\x00\x01n\x00\x02{}"))
 	f.Fuzz(func(t *testing.T, b []byte) {

@@ -16,6 +16,12 @@
 //     exchange [Store.BucketRecords] of the differing buckets, encoded with
 //     [EncodeRecords], and feed what they receive to [Store.Apply].
 //
+// Records may carry their writer's signature ([Record.Sig], made by
+// [Store.WriteSigned] over [Record.SignedBytes]: kind, id, version and
+// body). It travels and is stored with the record; checking it, and
+// deciding which kinds need one, is the caller's business (the node checks
+// records from peers before they reach Apply).
+//
 // Peers' clocks are trusted only so far. Apply skips a record whose version
 // is more than [Options.MaxClockDrift] ahead of this node's physical clock:
 // it is not stored, not observed by the HLC, and not among the changed

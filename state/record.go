@@ -16,6 +16,7 @@ const (
 	MaxIDLen   = 256     // bytes in Record.ID
 	MaxNodeLen = 256     // bytes in Version.Node
 	MaxBodyLen = 1 << 20 // bytes in Record.Body
+	MaxSigLen  = 256     // bytes in Record.Sig
 )
 
 // Errors callers branch on. Returned errors wrap them with context.
@@ -48,13 +49,34 @@ func (k Key) String() string { return k.Kind + "/" + k.ID }
 // as a tombstone (Deleted true, no body) so the delete replicates.
 //
 // Body is a JSON document. Records handed out by a Store share their Body
-// with the store: treat it as read-only.
+// and Sig with the store: treat them as read-only.
+//
+// Sig, when set, is the writer's signature over SignedBytes: it lives
+// beside the body rather than in it, so the body stays the plain document
+// every reader decodes, and it covers the version, so a signed body cannot
+// be replayed under a newer version. This package neither makes nor checks
+// signatures; it stores and carries them.
 type Record struct {
 	Kind    string          `json:"kind"`
 	ID      string          `json:"id"`
 	Version Version         `json:"version"`
 	Body    json.RawMessage `json:"body,omitempty"`
 	Deleted bool            `json:"deleted,omitempty"`
+	Sig     []byte          `json:"sig,omitempty"`
+}
+
+// signedPrefix separates record signatures from any other use of the key.
+const signedPrefix = "shoal signed record v1\x00"
+
+// SignedBytes returns what a record signature covers: a domain prefix and
+// the record's wire encoding without its signature (kind, id, version,
+// deleted flag and body, each length-prefixed, so no two records share
+// them).
+func (r Record) SignedBytes() []byte {
+	r.Sig = nil
+	b := make([]byte, 0, len(signedPrefix)+encodedRecordLen(&r))
+	b = append(b, signedPrefix...)
+	return appendRecord(b, &r)
 }
 
 // Key returns the record's key.
@@ -82,6 +104,9 @@ func (r Record) Validate() error {
 	if len(r.Body) > 0 && !json.Valid(r.Body) {
 		return fmt.Errorf("%w: body is not valid JSON", ErrInvalidRecord)
 	}
+	if len(r.Sig) > MaxSigLen {
+		return fmt.Errorf("%w: signature is %d bytes, limit %d", ErrInvalidRecord, len(r.Sig), MaxSigLen)
+	}
 	return nil
 }
 
@@ -103,9 +128,10 @@ func checkName(what, s string, limit int) error {
 // Versions from different writes never tie (the node name breaks ties of wall
 // time and counter). Two copies with identical versions but different
 // contents can only come from a bug or a node that lost its disk and reused
-// its name; for them a tombstone wins, then the greater body bytes, so that
-// every node still picks the same winner. Because Merge picks the maximum of
-// a total order it is commutative, associative and idempotent.
+// its name; for them a tombstone wins, then the greater body bytes, then
+// the greater signature, so that every node still picks the same winner.
+// Because Merge picks the maximum of a total order it is commutative,
+// associative and idempotent.
 func Merge(local, remote Record) Record {
 	if compareRecords(remote, local) > 0 {
 		return remote
@@ -125,6 +151,9 @@ func compareRecords(a, b Record) int {
 		return -1
 	}
 	if c := bytes.Compare(a.Body, b.Body); c != 0 {
+		return c
+	}
+	if c := bytes.Compare(a.Sig, b.Sig); c != 0 {
 		return c
 	}
 	if c := cmp.Compare(a.Kind, b.Kind); c != 0 {

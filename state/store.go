@@ -216,7 +216,7 @@ func (s *Store) load() error {
 				return fmt.Errorf("load record %q: stored under the wrong key: %w", k, ErrMalformed)
 			}
 			// bbolt's memory is only valid inside the transaction.
-			r.Body = bytes.Clone(r.Body)
+			r.Body, r.Sig = bytes.Clone(r.Body), bytes.Clone(r.Sig)
 			s.hlc.Observe(r.Version)
 			s.set(r)
 			return nil
@@ -253,6 +253,24 @@ func (s *Store) HLC() *HLC { return s.hlc }
 // for the caller to push to peers. A delete (deleted true) drops the body and
 // leaves a tombstone.
 func (s *Store) Write(kind, id string, body []byte, deleted bool) (Record, error) {
+	return s.write(kind, id, body, deleted, nil)
+}
+
+// Signer returns the signature of a record's SignedBytes.
+type Signer func(signed []byte) ([]byte, error)
+
+// WriteSigned is Write of a live record that carries sign's signature over
+// its SignedBytes. The signature is made once the version is stamped (under
+// the store's lock), so it covers the version the record is stored and
+// sent with.
+func (s *Store) WriteSigned(kind, id string, body []byte, sign Signer) (Record, error) {
+	if sign == nil {
+		return Record{}, fmt.Errorf("write %s/%s: no signer", kind, id)
+	}
+	return s.write(kind, id, body, false, sign)
+}
+
+func (s *Store) write(kind, id string, body []byte, deleted bool, sign Signer) (Record, error) {
 	if deleted {
 		body = nil
 	}
@@ -275,6 +293,16 @@ func (s *Store) Write(kind, id string, body []byte, deleted bool) (Record, error
 		// Only a clock saturated at the end of its range (see HLC.Now) gets
 		// here; a write that cannot win would be undone by the next sync.
 		return Record{}, fmt.Errorf("write %s/%s: clock cannot stamp a version newer than %v", kind, id, cur.rec.Version)
+	}
+	if sign != nil {
+		sig, err := sign(r.SignedBytes())
+		if err != nil {
+			return Record{}, fmt.Errorf("write %s/%s: sign: %w", kind, id, err)
+		}
+		if len(sig) == 0 || len(sig) > MaxSigLen {
+			return Record{}, fmt.Errorf("write %s/%s: signature of %d bytes: %w", kind, id, len(sig), ErrInvalidRecord)
+		}
+		r.Sig = bytes.Clone(sig)
 	}
 	if err := s.commit([]Record{r}, nil); err != nil {
 		return Record{}, fmt.Errorf("write %s/%s: %w", kind, id, err)
@@ -364,7 +392,7 @@ func (s *Store) Apply(recs []Record) ([]Record, error) {
 		if expired && (!have || cur.Deleted) {
 			continue // nothing live to remove
 		}
-		r.Body = bytes.Clone(r.Body)
+		r.Body, r.Sig = bytes.Clone(r.Body), bytes.Clone(r.Sig)
 		if _, ok := batch[k]; !ok {
 			order = append(order, k)
 		}
@@ -481,6 +509,16 @@ func (s *Store) Get(kind, id string) (Record, bool) {
 		return Record{}, false
 	}
 	return e.rec, true
+}
+
+// Wins reports whether r would win over the copy of its key the store
+// holds (or whether the store holds none), so a caller can skip the work of
+// checking records that Apply would ignore anyway.
+func (s *Store) Wins(r Record) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.lookup(r.Kind, r.ID)
+	return !ok || compareRecords(r, e.rec) > 0
 }
 
 // Deleted reports whether (kind, id) is known to have been deleted: a

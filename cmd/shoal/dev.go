@@ -111,7 +111,7 @@ func printUp(out io.Writer, c *devcluster.Cluster) {
 	}
 	fmt.Fprintf(out, `
 Talk to it (any node answers):
-  source %s        # SHOAL_ADDR=%s and SHOAL_TOKEN
+  source %s        # SHOAL_ADDR=%s, SHOAL_TOKEN_FILE, SHOAL_CACERT
   shoal nodes
   shoal ps
   SHOAL_ADDR=%s shoal nodes
@@ -176,11 +176,11 @@ func newDevStatusCmd() *cobra.Command {
 				return nil
 			}
 			printStatus(out, s)
-			if s.Addr == "" {
+			if s.Env.Addr == "" {
 				return nil
 			}
-			fmt.Fprintf(out, "\nshoal nodes (asked of %s):\n", s.Addr)
-			nodes := newNodesCmd(&clientFlags{addr: s.Addr, token: s.Token})
+			fmt.Fprintf(out, "\nshoal nodes (asked of %s):\n", s.Env.Addr)
+			nodes := newNodesCmd(&clientFlags{addr: s.Env.Addr, token: s.Env.Token, tokenFile: s.Env.TokenFile, cacert: s.Env.CACert})
 			nodes.SetContext(cmd.Context())
 			if err := nodes.RunE(nodes, nil); err != nil {
 				fmt.Fprintf(out, "the API does not answer: %v\n", err)

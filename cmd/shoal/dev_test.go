@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -72,17 +73,29 @@ func TestDevUpRunsAClusterAndDownLeavesNothingBehind(t *testing.T) {
 		t.Fatal(err)
 	}
 	if fi.Mode().Perm() != 0o600 {
-		t.Errorf("env file mode %v, want 0600 (it holds the token)", fi.Mode().Perm())
+		t.Errorf("env file mode %v, want 0600 (it names the credentials)", fi.Mode().Perm())
+	}
+	for _, f := range []string{"gossip.key", "api.token", "api-read.token", "ca.key"} {
+		if fi, err := os.Stat(filepath.Join(d.dir, f)); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("credential %s: %v, mode %v; want a 0600 file", f, err, fi.Mode().Perm())
+		}
 	}
 	raw, _ := os.ReadFile(filepath.Join(d.dir, "env"))
-	addr, token := devcluster.ParseEnvFile(string(raw))
-	if addr != d.nodeIP(1)+":7700" || token == "" {
-		t.Fatalf("env file: SHOAL_ADDR=%q SHOAL_TOKEN=%q\n%s", addr, token, raw)
+	env := devcluster.ParseEnvFile(string(raw))
+	if env.Addr != d.nodeIP(1)+":7700" || env.TokenFile != filepath.Join(d.dir, "api.token") || env.CACert != filepath.Join(d.dir, "ca.pem") {
+		t.Fatalf("env file: %+v\n%s", env, raw)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	// The API serves HTTPS only: plain HTTP is refused.
+	if _, err := api.NewClient(env.Addr, "", nil).Health(ctx); !errors.Is(err, api.ErrAgentWantsHTTPS) {
+		t.Errorf("plain HTTP to n1: got %v, want %v", err, api.ErrAgentWantsHTTPS)
+	}
 	for i := 1; i <= 2; i++ {
-		cl := api.NewClient(d.nodeIP(i)+":7700", token, nil)
+		cl, err := env.Client(d.nodeIP(i) + ":7700")
+		if err != nil {
+			t.Fatal(err)
+		}
 		nodes, err := cl.Nodes(ctx)
 		if err != nil {
 			t.Fatalf("node n%d API: %v", i, err)
@@ -107,7 +120,10 @@ func TestDevUpRunsAClusterAndDownLeavesNothingBehind(t *testing.T) {
 
 	// Replicas of both drivers, so down has containers, shims, task
 	// namespaces and cgroups to remove.
-	cl := api.NewClient(addr, token, nil)
+	cl, err := env.Client(env.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
 	two := 2
 	for _, j := range []api.Job{
 		{ID: "hello", Replicas: &two, Task: api.Task{Driver: "containerd", Image: "shoal.dev/hello:1",

@@ -21,9 +21,13 @@ func newEventsCmd(cf *clientFlags) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
 			defer stop()
+			cl, err := cf.client()
+			if err != nil {
+				return err
+			}
 			var since uint64
 			for {
-				evs, err := cf.client().Events(ctx, since, job)
+				evs, err := cl.Events(ctx, since, job)
 				if err != nil {
 					if ctx.Err() != nil {
 						return nil

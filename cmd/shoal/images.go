@@ -41,7 +41,11 @@ node that may run the job, or use an image the nodes can pull.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
 			defer stop()
-			imgs, err := cf.client().LoadImage(ctx, r)
+			cl, err := cf.client()
+			if err != nil {
+				return err
+			}
+			imgs, err := cl.LoadImage(ctx, r)
 			if err != nil {
 				return fmt.Errorf("load image: %w", err)
 			}
@@ -62,7 +66,11 @@ func newImageLsCmd(cf *clientFlags) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := timeout(cmd)
 			defer cancel()
-			imgs, err := cf.client().Images(ctx)
+			cl, err := cf.client()
+			if err != nil {
+				return err
+			}
+			imgs, err := cl.Images(ctx)
 			if err != nil {
 				return err
 			}

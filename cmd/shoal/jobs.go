@@ -54,6 +54,10 @@ func newRunCmd(cf *clientFlags) *cobra.Command {
 				st  api.JobStatus
 				err error
 			)
+			cl, err := cf.client()
+			if err != nil {
+				return err
+			}
 			switch {
 			case file != "" && len(args) > 0:
 				return errors.New("give either -f FILE or NAME with flags, not both")
@@ -62,7 +66,7 @@ func newRunCmd(cf *clientFlags) *cobra.Command {
 				if rerr != nil {
 					return rerr
 				}
-				st, err = cf.client().PutJobSpec(ctx, spec, ctype)
+				st, err = cl.PutJobSpec(ctx, spec, ctype)
 			case len(args) == 1:
 				j := api.Job{ID: args[0], Type: jobType, Task: api.Task{
 					Driver: driver, Image: image, Command: command,
@@ -95,7 +99,7 @@ func newRunCmd(cf *clientFlags) *cobra.Command {
 				if verr := j.Validate(); verr != nil {
 					return verr
 				}
-				st, err = cf.client().PutJob(ctx, j)
+				st, err = cl.PutJob(ctx, j)
 			default:
 				return errors.New("give -f FILE, or a job NAME and --image (see 'shoal run --help')")
 			}
@@ -163,7 +167,11 @@ func newPsCmd(cf *clientFlags) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := timeout(cmd)
 			defer cancel()
-			jobs, err := cf.client().Jobs(ctx)
+			cl, err := cf.client()
+			if err != nil {
+				return err
+			}
+			jobs, err := cl.Jobs(ctx)
 			if err != nil {
 				return err
 			}
@@ -253,9 +261,13 @@ func newRmCmd(cf *clientFlags) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := timeout(cmd)
 			defer cancel()
+			cl, err := cf.client()
+			if err != nil {
+				return err
+			}
 			var failed []string
 			for _, id := range args {
-				if _, err := cf.client().DeleteJob(ctx, id); err != nil {
+				if _, err := cl.DeleteJob(ctx, id); err != nil {
 					fmt.Fprintf(os.Stderr, "shoal: rm %s: %v\n", id, err)
 					failed = append(failed, id)
 					continue
@@ -278,7 +290,11 @@ func newInspectCmd(cf *clientFlags) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := timeout(cmd)
 			defer cancel()
-			st, err := cf.client().Job(ctx, args[0])
+			cl, err := cf.client()
+			if err != nil {
+				return err
+			}
+			st, err := cl.Job(ctx, args[0])
 			if err != nil {
 				return err
 			}
@@ -299,7 +315,11 @@ func newLogsCmd(cf *clientFlags) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
 			defer stop()
-			rc, err := cf.client().Logs(ctx, args[0], replica, tail, follow)
+			cl, err := cf.client()
+			if err != nil {
+				return err
+			}
+			rc, err := cl.Logs(ctx, args[0], replica, tail, follow)
 			if err != nil {
 				return err
 			}

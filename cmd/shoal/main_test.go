@@ -21,6 +21,9 @@ func TestAgentRejectsBadInputWithClearErrors(t *testing.T) {
 	if err := os.WriteFile(badConfig, []byte("nmae: a\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	keyFile := writeTemp(t, dir, "gossip.key", "MDEyMzQ1Njc4OWFiY2RlZg==\n")
+	tokenFile := writeTemp(t, dir, "api.token", "tok\n")
+	emptyFile := writeTemp(t, dir, "empty", "\n")
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -28,7 +31,13 @@ func TestAgentRejectsBadInputWithClearErrors(t *testing.T) {
 		{[]string{"agent", "--bogus"}, "unknown flag: --bogus"},
 		{[]string{"agent", "--gossip-key", "%%%", "--api-token", "t"}, "gossip key: not valid base64"},
 		{[]string{"agent", "--gossip-key", "c2hvcnQ=", "--api-token", "t"}, "must decode to 16, 24 or 32 bytes"},
-		{[]string{"agent", "--data-dir", dir}, "refusing to start without --gossip-key and --api-token"},
+		{[]string{"agent", "--data-dir", dir}, "refusing to start without a gossip key and an API token"},
+		{[]string{"agent", "--gossip-key-file", filepath.Join(dir, "missing"), "--api-token", "t"}, "--gossip-key-file: read secret file"},
+		{[]string{"agent", "--gossip-key", "x", "--gossip-key-file", keyFile}, "give --gossip-key or --gossip-key-file, not both"},
+		{[]string{"agent", "--gossip-key-file", keyFile, "--api-token-file", emptyFile}, "--api-token-file: read secret file " + emptyFile + ": it is empty"},
+		{[]string{"agent", "--data-dir", dir, "--gossip-key-file", keyFile, "--api-token-file", tokenFile, "--api", "0.0.0.0:7700"}, "--api-insecure"},
+		{[]string{"agent", "--data-dir", dir, "--gossip-key-file", keyFile, "--api-token-file", tokenFile, "--tls-ca", "ca.pem"}, "give both the CA certificate"},
+		{[]string{"agent", "--data-dir", dir, "--gossip-key-file", keyFile, "--api-token-file", tokenFile, "--api-read-token-file", tokenFile}, "must differ from the API token"},
 		{[]string{"agent", "--dev", "--data-dir", dir, "--bind", "not-an-ip"}, `bind address "not-an-ip"`},
 		{[]string{"agent", "--dev", "--data-dir", dir, "--labels", "zone"}, "--labels"},
 		{[]string{"agent", "--dev", "--data-dir", dir, "--join", "a b"}, "join"},
@@ -62,4 +71,13 @@ func TestConfigFileFillsUnsetFlags(t *testing.T) {
 	if get("join") != "[10.0.0.1,10.0.0.2]" || get("labels") != "zone=a" || get("probe-interval") != "700ms" {
 		t.Errorf("file values not applied: join=%s labels=%s probe=%s", get("join"), get("labels"), get("probe-interval"))
 	}
+}
+
+func writeTemp(t *testing.T, dir, name, content string) string {
+	t.Helper()
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

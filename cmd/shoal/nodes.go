@@ -1,8 +1,6 @@
 package main
 
 import (
-	"crypto/rand"
-	"encoding/base64"
 	"fmt"
 	"os"
 	"sort"
@@ -21,7 +19,11 @@ func newNodesCmd(cf *clientFlags) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := timeout(cmd)
 			defer cancel()
-			nodes, err := cf.client().Nodes(ctx)
+			cl, err := cf.client()
+			if err != nil {
+				return err
+			}
+			nodes, err := cl.Nodes(ctx)
 			if err != nil {
 				return err
 			}
@@ -36,8 +38,12 @@ func newNodesCmd(cf *clientFlags) *cobra.Command {
 					labels = append(labels, k+"="+v)
 				}
 				sort.Strings(labels)
+				health := n.Health
+				if len(n.DisabledDrivers) > 0 {
+					health += " (no " + strings.Join(n.DisabledDrivers, ", ") + ")"
+				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%dm\t%dMB\t%.0f%% cpu, %dMB\t%d\t%s\n",
-					n.Name, n.Addr, n.Status, n.Health, n.Capacity.CPUMillis, n.Capacity.MemoryMB,
+					n.Name, n.Addr, n.Status, health, n.Capacity.CPUMillis, n.Capacity.MemoryMB,
 					n.Load.CPUPercent, n.Load.MemoryUsedMB, n.Load.Replicas, strings.Join(labels, ","))
 			}
 			return tw.Flush()
@@ -55,32 +61,15 @@ func newJoinCmd(cf *clientFlags) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := timeout(cmd)
 			defer cancel()
-			r, err := cf.client().Join(ctx, args)
+			cl, err := cf.client()
+			if err != nil {
+				return err
+			}
+			r, err := cl.Join(ctx, args)
 			if err != nil {
 				return err
 			}
 			fmt.Printf("joined: %d address(es) answered\n", r.Joined)
-			return nil
-		},
-	}
-}
-
-func newKeygenCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "keygen",
-		Short: "Print a new gossip key and API token as shell exports",
-		Args:  cobra.NoArgs,
-		RunE: func(*cobra.Command, []string) error {
-			key := make([]byte, 32)
-			tok := make([]byte, 24)
-			if _, err := rand.Read(key); err != nil {
-				return err
-			}
-			if _, err := rand.Read(tok); err != nil {
-				return err
-			}
-			fmt.Printf("export SHOAL_GOSSIP_KEY=%s\n", base64.StdEncoding.EncodeToString(key))
-			fmt.Printf("export SHOAL_API_TOKEN=%s\n", base64.RawURLEncoding.EncodeToString(tok))
 			return nil
 		},
 	}

@@ -59,7 +59,11 @@ func newDataCmd(cf *clientFlags, kind string) *cobra.Command {
 			}
 			ctx, cancel := timeout(cmd)
 			defer cancel()
-			info, err := cf.client().PutData(ctx, kind, args[0], d)
+			cl, err := cf.client()
+			if err != nil {
+				return err
+			}
+			info, err := cl.PutData(ctx, kind, args[0], d)
 			if err != nil {
 				return err
 			}
@@ -76,7 +80,11 @@ func newDataCmd(cf *clientFlags, kind string) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := timeout(cmd)
 			defer cancel()
-			list, err := cf.client().ListData(ctx, kind)
+			cl, err := cf.client()
+			if err != nil {
+				return err
+			}
+			list, err := cl.ListData(ctx, kind)
 			if err != nil {
 				return err
 			}
@@ -95,7 +103,11 @@ func newDataCmd(cf *clientFlags, kind string) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := timeout(cmd)
 			defer cancel()
-			if err := cf.client().DeleteData(ctx, kind, args[0]); err != nil {
+			cl, err := cf.client()
+			if err != nil {
+				return err
+			}
+			if err := cl.DeleteData(ctx, kind, args[0]); err != nil {
 				return err
 			}
 			fmt.Printf("%s %s deleted\n", kind, args[0])
@@ -111,7 +123,11 @@ func newDataCmd(cf *clientFlags, kind string) *cobra.Command {
 			RunE: func(cmd *cobra.Command, args []string) error {
 				ctx, cancel := timeout(cmd)
 				defer cancel()
-				info, err := cf.client().GetData(ctx, kind, args[0])
+				cl, err := cf.client()
+				if err != nil {
+					return err
+				}
+				info, err := cl.GetData(ctx, kind, args[0])
 				if err != nil {
 					return err
 				}

@@ -18,7 +18,11 @@ func newServicesCmd(cf *clientFlags) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := timeout(cmd)
 			defer cancel()
-			svcs, err := cf.client().Services(ctx)
+			cl, err := cf.client()
+			if err != nil {
+				return err
+			}
+			svcs, err := cl.Services(ctx)
 			if err != nil {
 				return err
 			}

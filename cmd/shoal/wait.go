@@ -28,10 +28,14 @@ missing while it waits; exits non-zero after --timeout.`,
 			defer stop()
 			ctx, cancel := context.WithTimeout(ctx, limit)
 			defer cancel()
+			cl, err := cf.client()
+			if err != nil {
+				return err
+			}
 			began := time.Now()
 			last := ""
 			for {
-				ready, why, err := jobReady(ctx, cf.client(), args[0])
+				ready, why, err := jobReady(ctx, cl, args[0])
 				if err != nil {
 					return err
 				}
