@@ -145,24 +145,23 @@ func TestPartitionWithWritesOnBothSidesHeals(t *testing.T) {
 	})
 	t.Logf("MEASURE partition_heal_converged=%s", time.Since(healed).Round(10*time.Millisecond))
 
-	// The runtimes agree with the records: one task per replica in all.
-	tasks := map[string]int{}
-	for _, n := range c.Nodes {
-		for ns := range taskPIDs(t, n) {
-			// shoal-<namespace>-<job>-<replica>
-			tasks[strings.TrimPrefix(ns, "shoal-"+n.TaskNamespace()+"-")]++
+	// The runtimes agree with the records: one task per replica in all,
+	// once the last handovers have stopped their old copies.
+	Eventually(t, 60*time.Second, "one task per replica, 8 in all", func() (bool, string) {
+		tasks := map[string]int{}
+		for _, n := range c.Nodes {
+			for ns := range taskPIDs(t, n) {
+				// shoal-<namespace>-<job>-<replica>
+				tasks[strings.TrimPrefix(ns, "shoal-"+n.TaskNamespace()+"-")]++
+			}
 		}
-	}
-	total := 0
-	for id, k := range tasks {
-		if k != 1 {
-			t.Errorf("task %s runs %d times", id, k)
+		for id, k := range tasks {
+			if k != 1 {
+				return false, fmt.Sprintf("task %s runs %d times", id, k)
+			}
 		}
-		total++
-	}
-	if total != 8 {
-		t.Errorf("%d tasks run in all, want 8: %v", total, tasks)
-	}
+		return len(tasks) == 8, fmt.Sprintf("%d tasks: %v", len(tasks), tasks)
+	})
 	var st api.JobStatus
 	st, err := n2.Client().Job(ctx, "base")
 	if err != nil || st.Replicas == nil || *st.Replicas != 4 {
