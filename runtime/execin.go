@@ -125,23 +125,11 @@ func (e *Exec) ExecIn(ctx context.Context, id string, argv []string) ([]byte, er
 // thread into the task's namespaces, working directory and cgroup.
 func (e *Exec) startInTask(cmd *exec.Cmd, rec taskRecord, mntns int) error {
 	id := rec.Spec.ID
-	if err := unix.Unshare(unix.CLONE_FS); err != nil {
-		return fmt.Errorf("unshare filesystem context: %w", err)
-	}
-	leaveNetns, err := enterNetns(rec.NetNS, func(err error) {
-		e.log.Warn("leave task netns on discarded thread", "task", id, "err", err)
-	})
+	leaveThread, err := e.enterTaskThread(id, rec.NetNS)
 	if err != nil {
 		return err
 	}
-	defer leaveNetns()
-	leaveMounts, err := rememberMountNS(func(err error) {
-		e.log.Warn("leave task mount namespace on discarded thread", "task", id, "err", err)
-	})
-	if err != nil {
-		return err
-	}
-	defer leaveMounts()
+	defer leaveThread()
 	if err := unix.Setns(mntns, unix.CLONE_NEWNS); err != nil {
 		return fmt.Errorf("enter the task's mount namespace: %w", err)
 	}

@@ -222,26 +222,14 @@ func (e *Exec) spawn(cmd *exec.Cmd, id, nsPath string, work *os.File) error {
 }
 
 func (e *Exec) spawnOnLockedThread(cmd *exec.Cmd, id, nsPath string, work *os.File) error {
-	if err := unix.Unshare(unix.CLONE_FS); err != nil {
-		return fmt.Errorf("unshare filesystem context: %w", err)
+	leaveThread, err := e.enterTaskThread(id, nsPath)
+	if err != nil {
+		return err
 	}
+	defer leaveThread()
 	if err := unix.Fchdir(int(work.Fd())); err != nil {
 		return fmt.Errorf("enter working dir: %w", err)
 	}
-	leaveNetns, err := enterNetns(nsPath, func(err error) {
-		e.log.Warn("leave task netns on discarded thread", "task", id, "err", err)
-	})
-	if err != nil {
-		return err
-	}
-	defer leaveNetns()
-	leaveMounts, err := rememberMountNS(func(err error) {
-		e.log.Warn("leave task mount namespace on discarded thread", "task", id, "err", err)
-	})
-	if err != nil {
-		return err
-	}
-	defer leaveMounts()
 	procShared, detachErr, err := isolateMounts()
 	if err != nil {
 		return err
@@ -357,4 +345,27 @@ func taskEnv(vars map[string]string) []string {
 	}
 	sort.Strings(env)
 	return env
+}
+
+// enterTaskThread gives the calling (locked) thread a filesystem context
+// of its own and moves it into the task's network namespace, remembering
+// its mount namespace; leave undoes both, in reverse order.
+func (e *Exec) enterTaskThread(id, nsPath string) (leave func(), err error) {
+	if err := unix.Unshare(unix.CLONE_FS); err != nil {
+		return nil, fmt.Errorf("unshare filesystem context: %w", err)
+	}
+	leaveNetns, err := enterNetns(nsPath, func(err error) {
+		e.log.Warn("leave task netns on discarded thread", "task", id, "err", err)
+	})
+	if err != nil {
+		return nil, err
+	}
+	leaveMounts, err := rememberMountNS(func(err error) {
+		e.log.Warn("leave task mount namespace on discarded thread", "task", id, "err", err)
+	})
+	if err != nil {
+		leaveNetns()
+		return nil, err
+	}
+	return func() { leaveMounts(); leaveNetns() }, nil
 }
